@@ -1,0 +1,17 @@
+"""`python -m mess.embedder` runs the service."""
+
+import uvicorn
+
+from mess.embedder.config import Settings
+from mess.embedder.main import create_app
+from mess.runtime.logging import configure_logging
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("embedder", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

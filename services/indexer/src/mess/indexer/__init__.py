@@ -1,0 +1,1 @@
+"""The indexer service: vectors per shard, FAISS builds, snapshot checkpoints."""

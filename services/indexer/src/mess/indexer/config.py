@@ -1,0 +1,15 @@
+"""Settings of the indexer service (environment prefix `MESS_INDEXER_`)."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mess.runtime.endpoints import StackSettings
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESS_INDEXER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8003
+    log_level: str = "INFO"
+    stack: StackSettings = Field(default_factory=StackSettings)

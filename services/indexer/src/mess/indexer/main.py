@@ -1,0 +1,17 @@
+"""Builds the indexer app: lifespan resources, middleware and routers, nothing else."""
+
+from fastapi import FastAPI
+
+from mess.indexer.config import Settings
+from mess.runtime.http import health_router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="mess indexer")
+
+    async def readiness() -> dict[str, bool]:
+        return {"started": True}
+
+    app.include_router(health_router(readiness))
+    return app

@@ -1,0 +1,1 @@
+"""The query service: the public read API: tracks, recommendations, audio, waveforms."""

@@ -1,0 +1,98 @@
+"""``mess-dev``: the developer's entry point (``make up`` and friends call it)."""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mess.contracts.schemas import check_directory, export_schemas
+from mess.dev.stack import LocalStack, StackError, StackState, process_alive
+from mess.runtime.endpoints import StackSettings
+
+
+def repo_root() -> Path:
+    for candidate in [Path.cwd(), *Path.cwd().parents]:
+        if (candidate / "libs" / "contracts").is_dir():
+            return candidate
+    raise SystemExit("run mess-dev inside the mess repository")
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("MESS_STATE_DIR") or repo_root() / ".mess")
+
+
+def schema_dir(args: argparse.Namespace) -> Path:
+    return Path(args.dir) if args.dir else repo_root() / "libs" / "contracts" / "schemas"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = LocalStack(StackSettings(), state_dir(), with_services=not args.no_services)
+    try:
+        state = stack.up()
+    except StackError as exc:
+        print(f"mess-dev up failed: {exc}", file=sys.stderr)
+        return 1
+    for process in state.started:
+        print(f"running  {process.name:<9} pid {process.pid:<7} port {process.port}  log {process.log}")
+    for name in state.reused:
+        print(f"reusing  {name}")
+    return 0
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    stopped = LocalStack(StackSettings(), state_dir()).down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    state = StackState.load(state_dir() / "stack.json")
+    for process in state.started:
+        alive = process.pid == 0 or process_alive(process.pid)
+        print(f"{process.name:<9} pid {process.pid:<7} port {process.port}  {'up' if alive else 'DEAD'}")
+    return 0
+
+
+def cmd_schemas_export(args: argparse.Namespace) -> int:
+    for path in export_schemas(schema_dir(args)):
+        print(path)
+    return 0
+
+
+def cmd_schemas_check(args: argparse.Namespace) -> int:
+    report = check_directory(schema_dir(args))
+    broken = {topic: problems for topic, problems in report.items() if problems}
+    for topic, problems in broken.items():
+        for problem in problems:
+            print(f"BREAKING {topic}: {problem}", file=sys.stderr)
+    if broken:
+        print("A breaking change needs a new .v2 topic; additive optional fields are fine.", file=sys.stderr)
+        return 1
+    print(f"schemas compatible: {len(report)} topics checked")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Retries while a broker boots and every probe request are noise here.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(prog="mess-dev")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the local stack (and the services)")
+    up.add_argument("--no-services", action="store_true", help="backing services only")
+    up.set_defaults(run=cmd_up)
+    commands.add_parser("down", help="stop what up started").set_defaults(run=cmd_down)
+    commands.add_parser("status", help="what up started").set_defaults(run=cmd_status)
+    schemas = commands.add_parser("schemas", help="event JSON Schemas").add_subparsers(dest="action", required=True)
+    for name, run in (("export", cmd_schemas_export), ("check", cmd_schemas_check)):
+        sub = schemas.add_parser(name)
+        sub.add_argument("--dir", help="schema folder (default libs/contracts/schemas)")
+        sub.set_defaults(run=run)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
