@@ -29,11 +29,25 @@ DIST_OF = {
 IMPLIED = {"starlette": "fastapi", "botocore": "boto3", "anyio": "fastapi", "typing_extensions": "pydantic"}
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under `if TYPE_CHECKING:` (stubs are dev dependencies)."""
+    nodes: list[ast.AST] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def _imports(package: Path) -> set[str]:
     names = set()
     for path in (package / "src").rglob("*.py"):
         tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
+        for node in _runtime_nodes(tree):
             if isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
