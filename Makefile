@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := libs/contracts libs/runtime tools/dev services/ingest services/embedder services/indexer services/query
+PACKAGES := libs/contracts libs/runtime libs/corpus tools/dev services/ingest services/embedder services/indexer services/query
 STAMP := $(VENV)/.installed
 PROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
 
