@@ -68,7 +68,7 @@ test-integration: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/*/src tools/*/src services/*/src
+	$(BIN)/mypy libs/*/src tools/*/src services/*/src examples
 	$(BIN)/mess-dev schemas check
 
 format: install
