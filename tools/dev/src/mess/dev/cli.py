@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mess.contracts.schemas import check_directory, export_schemas
+from mess.dev import demo
 from mess.dev.stack import LocalStack, StackError, StackState, process_alive
 from mess.runtime.endpoints import StackSettings
 
@@ -54,6 +55,24 @@ def cmd_status(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = StackSettings()
+    query_url = f"http://127.0.0.1:{os.environ.get('MESS_QUERY_PORT', '8000')}"
+    print(
+        f"rendering {args.works} works x {args.renditions} renditions into s3://{settings.bucket}/{settings.drop_prefix}demo/"
+    )
+    demo.run_importer(args.works, args.renditions, args.max_seconds)
+    expected = demo.dropped_objects(settings)
+    print(f"waiting for {expected} tracks to be ingested, embedded and indexed:")
+    final = demo.wait_until_indexed(settings, expected, args.timeout)
+    if not final.done:
+        print(f"gave up after {args.timeout:.0f}s; see .mess/logs/ for what is stuck", file=sys.stderr)
+        return 1
+    demo.show_recommendations(query_url, settings)
+    print(f"\nAPI  {query_url}    docs {query_url}/docs")
+    return 0
+
+
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     for path in export_schemas(schema_dir(args)):
         print(path)
@@ -85,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop what up started").set_defaults(run=cmd_down)
     commands.add_parser("status", help="what up started").set_defaults(run=cmd_status)
+    run_demo = commands.add_parser("demo", help="render the demo corpus into the drop prefix and wait until indexed")
+    run_demo.add_argument("--works", type=int, default=40)
+    run_demo.add_argument("--renditions", type=int, default=3)
+    run_demo.add_argument("--max-seconds", type=float, default=30.0)
+    run_demo.add_argument("--timeout", type=float, default=1800.0)
+    run_demo.set_defaults(run=cmd_demo)
     schemas = commands.add_parser("schemas", help="event JSON Schemas").add_subparsers(dest="action", required=True)
     for name, run in (("export", cmd_schemas_export), ("check", cmd_schemas_check)):
         sub = schemas.add_parser(name)
