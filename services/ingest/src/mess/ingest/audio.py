@@ -1,0 +1,132 @@
+"""Deciding whether bytes are audio we accept, by decoding all of them.
+
+The header alone is not enough: a truncated FLAC or a garbled OGG opens
+fine and only fails (or yields nothing) once decoded, and silence can only be
+found by looking at every sample. Decoding runs block by block from a file
+object, so a long track never sits in memory as one array.
+"""
+
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+import soundfile as sf
+
+# soundfile's format name -> the extension audio is stored under. RF64 and
+# WAVEX are WAV files with large-file or multichannel headers.
+ACCEPTED_FORMATS: dict[str, str] = {
+    "WAV": "wav",
+    "WAVEX": "wav",
+    "RF64": "wav",
+    "FLAC": "flac",
+    "OGG": "ogg",
+    "MP3": "mp3",
+}
+_BLOCK_FRAMES = 65536
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    min_duration_s: float
+    max_duration_s: float
+    silence_peak: float
+
+
+@dataclass(frozen=True)
+class AudioFacts:
+    """What decoding told us about an accepted file."""
+
+    format: str
+    extension: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    peak: float
+
+
+class UnacceptableAudioError(Exception):
+    """The bytes are not audio we accept; ``kind`` is stable, ``message`` is for people."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def inspect_audio(source: IO[bytes], limits: AudioLimits) -> AudioFacts:
+    """Decode ``source`` from its current position to the end, or raise UnacceptableAudioError."""
+    try:
+        audio = sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise UnacceptableAudioError(
+            "not_audio", f"the file is not audio that can be decoded (WAV, FLAC, OGG or MP3 expected): {_reason(exc)}"
+        ) from exc
+    with audio:
+        extension = ACCEPTED_FORMATS.get(audio.format)
+        if extension is None:
+            raise UnacceptableAudioError(
+                "unsupported_format", f"{audio.format} audio is not accepted; send WAV, FLAC, OGG or MP3"
+            )
+        if audio.samplerate <= 0 or audio.channels <= 0:
+            raise UnacceptableAudioError(
+                "corrupt", f"the header declares {audio.samplerate} Hz and {audio.channels} channels"
+            )
+        # Refuse an overlong file from its header before spending minutes decoding it.
+        declared_s = audio.frames / audio.samplerate if audio.frames > 0 else 0.0
+        if declared_s > limits.max_duration_s:
+            raise _too_long(declared_s, limits)
+        frames, peak = _decode(audio, limits)
+        sample_rate, channels, format_name = audio.samplerate, audio.channels, audio.format
+    if frames == 0:
+        raise UnacceptableAudioError("corrupt", "no audio could be decoded from the file")
+    duration_s = frames / sample_rate
+    if duration_s < limits.min_duration_s:
+        raise UnacceptableAudioError(
+            "too_short", f"the audio lasts {duration_s:.2f} s; the shortest accepted is {limits.min_duration_s:g} s"
+        )
+    if duration_s > limits.max_duration_s:
+        raise _too_long(duration_s, limits)
+    if peak < limits.silence_peak:
+        raise UnacceptableAudioError(
+            "silent", f"the audio is silent (peak amplitude {peak:.2e}, below the threshold {limits.silence_peak:.0e})"
+        )
+    return AudioFacts(
+        format=format_name,
+        extension=extension,
+        duration_s=duration_s,
+        sample_rate=sample_rate,
+        channels=channels,
+        peak=peak,
+    )
+
+
+def _decode(audio: sf.SoundFile, limits: AudioLimits) -> tuple[int, float]:
+    frames = 0
+    peak = 0.0
+    max_frames = int(limits.max_duration_s * audio.samplerate) + 1
+    try:
+        for block in audio.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+            if block.size == 0:
+                continue
+            frames += block.shape[0]
+            if not np.all(np.isfinite(block)):
+                raise UnacceptableAudioError("corrupt", "the audio decodes to NaN or infinite samples")
+            peak = max(peak, float(np.abs(block).max()))
+            # A header can understate the length (MP3 without a Xing frame); stop once it is too long anyway.
+            if frames > max_frames:
+                raise _too_long(frames / audio.samplerate, limits)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise UnacceptableAudioError("corrupt", f"decoding failed after {frames} frames: {_reason(exc)}") from exc
+    return frames, peak
+
+
+def _too_long(duration_s: float, limits: AudioLimits) -> UnacceptableAudioError:
+    return UnacceptableAudioError(
+        "too_long", f"the audio lasts at least {duration_s:.1f} s; the longest accepted is {limits.max_duration_s:g} s"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    # libsndfile names the Python file object in its message ("Error opening <_io.BytesIO ...>: ..."); keep only why.
+    text = str(exc)
+    return text.rsplit(": ", 1)[-1].strip() if ": " in text else text

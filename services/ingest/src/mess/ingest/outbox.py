@@ -1,0 +1,180 @@
+"""The outbox relay: publishes committed outbox rows to the broker, in order, at least once.
+
+One relay per schema is active at a time (a Postgres advisory lock held on
+the relay's own connection elects it), because two relays taking turns would
+interleave rows and break the order. Rows are read in ``id`` (commit) order,
+sent in that order, and marked published only up to the first one the broker
+did not acknowledge; the rest are sent again next round, so an event may be
+published twice but never skipped or reordered ahead of an earlier one.
+While the broker is down nothing is marked and the relay retries with
+backoff, so uploads keep succeeding and their events go out when it returns.
+The relay wakes on the NOTIFY the registry sends at commit, with a poll as
+the backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from mess.ingest import metrics
+from mess.ingest.registry import outbox_channel
+
+if TYPE_CHECKING:
+    from mess.ingest.config import Settings
+
+log = logging.getLogger(__name__)
+
+_CLEANUP_EVERY_S = 600.0
+_PRODUCER_STOP_TIMEOUT_S = 5.0
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stack = settings.stack
+        self._wake = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._last_cleanup = 0.0
+        self.is_leader = False
+
+    async def run(self) -> None:
+        """Relay forever; every failure (Postgres or broker) is retried with backoff."""
+        delay = 0.2
+        while True:
+            try:
+                await self._relay_while_leader()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                metrics.RELAY_FAILURES.labels("postgres").inc()
+                log.warning("outbox relay lost Postgres (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.relay_retry_max_s)
+
+    async def _relay_while_leader(self) -> None:
+        connection = await asyncpg.connect(
+            self.stack.postgres_dsn, timeout=10, server_settings={"search_path": self.stack.postgres_schema}
+        )
+        lock_key = f"mess.ingest.outbox:{self.stack.postgres_schema}"
+        try:
+            while not await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock_key):  # noqa: ASYNC110
+                await asyncio.sleep(self.settings.relay_poll_s)  # another replica relays; take over when it dies
+            self.is_leader = True
+            await connection.add_listener(outbox_channel(self.stack.postgres_schema), self._on_notify)
+            log.info("outbox relay active for schema %s", self.stack.postgres_schema)
+            broker_delay = 0.2
+            while True:
+                self._wake.clear()
+                try:
+                    sent = await self.publish_pending(connection)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    metrics.RELAY_FAILURES.labels("broker").inc()
+                    log.warning("broker unavailable to the outbox relay (%r); retrying in %.1f s", exc, broker_delay)
+                    await self._drop_producer()
+                    await asyncio.sleep(broker_delay)
+                    broker_delay = min(broker_delay * 2, self.settings.relay_retry_max_s)
+                    continue
+                broker_delay = 0.2
+                if sent >= self.settings.relay_batch:
+                    continue  # more are waiting
+                await self._cleanup(connection)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.relay_poll_s)
+        finally:
+            self.is_leader = False
+            await self._drop_producer()
+            # Closing the connection releases the advisory lock, so another replica can lead.
+            await connection.close()
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def publish_pending(self, connection: asyncpg.Connection[asyncpg.Record]) -> int:
+        """Publish one batch of pending rows in order; returns how many were published and marked."""
+        pending = int(await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        metrics.OUTBOX_PENDING.set(pending)
+        if pending == 0:
+            return 0
+        rows = await connection.fetch(
+            "SELECT id, topic, key, payload::text AS payload FROM outbox "
+            "WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            self.settings.relay_batch,
+        )
+        producer = await self._ready_producer()
+        deliveries: list[asyncio.Future[Any]] = []
+        send_error: BaseException | None = None
+        for row in rows:
+            try:
+                # send() only queues (in order, per partition); the futures resolve when the broker acknowledges.
+                deliveries.append(
+                    await producer.send(
+                        self.stack.topic_prefix + row["topic"],
+                        value=row["payload"].encode("utf-8"),
+                        key=row["key"].encode("utf-8"),
+                    )
+                )
+            except (KafkaError, OSError, TimeoutError) as exc:
+                send_error = exc
+                break
+        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        acknowledged: list[int] = []
+        for row, outcome in zip(rows, outcomes, strict=False):
+            if isinstance(outcome, BaseException):
+                send_error = send_error or outcome
+                break
+            acknowledged.append(row["id"])
+            metrics.OUTBOX_PUBLISHED.labels(row["topic"]).inc()
+        if acknowledged:
+            await connection.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", acknowledged
+            )
+            metrics.OUTBOX_PENDING.set(pending - len(acknowledged))
+        if send_error is not None:
+            raise send_error
+        return len(acknowledged)
+
+    async def _ready_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.stack.kafka_servers,
+                acks="all",
+                request_timeout_ms=self.settings.kafka_timeout_ms,
+                client_id="mess-ingest-relay",
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await _stop_quietly(producer)
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _drop_producer(self) -> None:
+        # A fresh producer after a failure: simpler than trusting a client that saw its broker vanish.
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _stop_quietly(producer)
+
+    async def _cleanup(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
+        now = time.monotonic()
+        if now - self._last_cleanup < _CLEANUP_EVERY_S:
+            return
+        self._last_cleanup = now
+        deleted = await connection.execute(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+            self.settings.outbox_retention_h * 3600.0,
+        )
+        log.debug("outbox cleanup: %s", deleted)
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=_PRODUCER_STOP_TIMEOUT_S)
+    except (KafkaError, OSError, TimeoutError):
+        log.debug("producer did not stop cleanly", exc_info=True)

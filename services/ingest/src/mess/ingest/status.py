@@ -1,0 +1,244 @@
+"""Keeping each track's status current from what the other services announce.
+
+One consumer (group ``mess-ingest-status``, prefixed like the topics) reads
+three topics and moves tracks through the registry:
+
+* TrackEmbedded: ``registered -> embedded`` (a vector of other content than
+  the track now holds is stale and ignored);
+* TrackFailed from the embed or index stage: ``-> failed`` with stage and reason;
+* SnapshotPublished: the snapshot's id files are read from S3 and every
+  track in them becomes ``indexed`` with the snapshot version.
+
+Every update is idempotent, so at-least-once delivery and replays are
+harmless. A message that cannot be parsed, or a snapshot whose files are
+missing or do not match their sha256, is dead-lettered and committed at
+once; an update that fails for a transient reason (Postgres, S3) is retried
+with backoff, then dead-lettered too (the reconciler heals what that skips).
+Only when even the dead letter cannot be published is the message left
+uncommitted, to be read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.errors import KafkaError
+from botocore.exceptions import ClientError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from mess.contracts.events import SnapshotPublished, TrackEmbedded, TrackFailed
+from mess.contracts.storage import SnapshotManifest, split_s3_uri
+from mess.ingest import metrics
+from mess.ingest.outages import BACKEND_ERRORS
+from mess.ingest.store import is_missing
+from mess.runtime.deadletter import dead_letter
+
+if TYPE_CHECKING:
+    from mess.ingest.config import Settings
+    from mess.ingest.registry import TrackRegistry
+    from mess.ingest.store import AudioStore
+
+log = logging.getLogger(__name__)
+
+_MARK_CHUNK = 10_000
+
+
+class SnapshotUnreadableError(Exception):
+    """A snapshot's manifest or id files are missing or corrupt: retrying will not help."""
+
+
+class SnapshotMembership:
+    """Marks the tracks of a published snapshot as indexed."""
+
+    def __init__(self, store: AudioStore, registry: TrackRegistry) -> None:
+        self.store = store
+        self.registry = registry
+
+    async def apply(self, version: str, manifest_uri: str) -> int:
+        """Read the manifest and its id files; returns how many tracks became indexed now."""
+        manifest = SnapshotManifest.model_validate_json(await self._read(manifest_uri, "manifest"))
+        if manifest.version != version:
+            raise SnapshotUnreadableError(f"{manifest_uri} describes version {manifest.version}, not {version}")
+        changed = 0
+        for shard in manifest.shards:
+            raw = await self._read(f"s3://{self.store.bucket}/{shard.ids.key}", f"shard {shard.shard} ids")
+            if hashlib.sha256(raw).hexdigest() != shard.ids.sha256:
+                raise SnapshotUnreadableError(f"{shard.ids.key} does not match the sha256 in the manifest of {version}")
+            try:
+                track_ids = json.loads(raw)
+            except ValueError as exc:
+                raise SnapshotUnreadableError(f"{shard.ids.key} is not a JSON array: {exc}") from exc
+            if not isinstance(track_ids, list) or not all(isinstance(t, str) for t in track_ids):
+                raise SnapshotUnreadableError(f"{shard.ids.key} is not a JSON array of track ids")
+            for start in range(0, len(track_ids), _MARK_CHUNK):
+                changed += await self.registry.mark_indexed(track_ids[start : start + _MARK_CHUNK], version)
+        log.info("snapshot %s: %d track(s) newly indexed", version, changed)
+        return changed
+
+    async def _read(self, uri: str, what: str) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        try:
+            answer = await self.store.s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                raise SnapshotUnreadableError(f"the {what} {uri} does not exist") from exc
+            raise
+        async with answer["Body"] as body:
+            return await body.read()
+
+
+class TrackStatusFollower:
+    """The status consumer: a faststream broker built (and rebuilt after a broker outage) in ``run``."""
+
+    def __init__(self, settings: Settings, registry: TrackRegistry, membership: SnapshotMembership) -> None:
+        self.settings = settings
+        self.topics = settings.stack.topics
+        self.registry = registry
+        self.membership = membership
+        self.broker: KafkaBroker | None = None
+        self.started = asyncio.Event()
+
+    def build_broker(self) -> KafkaBroker:
+        broker = KafkaBroker(
+            self.settings.stack.kafka_servers,
+            request_timeout_ms=self.settings.kafka_timeout_ms,
+            client_id="mess-ingest-status",
+            log_level=logging.DEBUG,  # faststream logs every message at its level; keep that out of INFO
+        )
+        broker.subscriber(
+            self.topics.tracks_embedded,
+            self.topics.tracks_failed,
+            self.topics.index_snapshots,
+            group_id=self.settings.status_group_id,
+            auto_offset_reset="earliest",
+            # Commit after handling; an exception (the dead letter itself could not be sent) rewinds to it.
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            title="ingest-status",
+        )(self.handle)
+        return broker
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            broker = self.build_broker()
+            # Set before start: handlers may run (and dead-letter through it) as soon as consumers start.
+            self.broker = broker
+            try:
+                await broker.start()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("status consumer cannot reach the broker (%s); retrying in %.1f s", exc, delay)
+                self.broker = None
+                await _stop_quietly(broker)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.started.set()
+            try:
+                # aiokafka reconnects by itself once started; this task only owns the broker's lifetime.
+                await asyncio.Event().wait()
+            finally:
+                self.broker = None
+                self.started.clear()
+                await _stop_quietly(broker)
+
+    async def handle(self, message: KafkaMessage) -> None:
+        record = message.raw_message
+        assert not isinstance(record, tuple)  # subscribed one message at a time
+        topic, raw, key = record.topic, message.body, record.key
+        try:
+            kind, work = self._parse(topic, raw)
+        except (ValidationError, ValueError) as exc:
+            metrics.STATUS_EVENTS.labels("unknown", "malformed").inc()
+            await self._dead_letter("malformed_event", f"unreadable message on {topic}: {exc}", record, raw, key)
+            return
+        last_error: BaseException | None = None
+        for attempt in range(1, self.settings.status_attempts + 1):
+            try:
+                outcome = await work()
+            except SnapshotUnreadableError as exc:
+                metrics.STATUS_EVENTS.labels(kind, "bad_snapshot").inc()
+                await self._dead_letter("bad_snapshot", str(exc), record, raw, key)
+                return
+            except BACKEND_ERRORS as exc:
+                last_error = exc
+                log.warning("status update from %s failed (attempt %d): %s", topic, attempt, exc)
+                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+                continue
+            metrics.STATUS_EVENTS.labels(kind, outcome).inc()
+            return
+        metrics.STATUS_EVENTS.labels(kind, "gave_up").inc()
+        await self._dead_letter(
+            "status_update_failed",
+            f"gave up after {self.settings.status_attempts} attempts: {last_error!r}",
+            record,
+            raw,
+            key,
+            attempts=self.settings.status_attempts,
+        )
+
+    def _parse(self, topic: str, raw: bytes) -> tuple[str, Any]:
+        """(event kind, the update to run) for one message; raises on a message that is not its topic's event."""
+        if topic == self.topics.tracks_embedded:
+            embedded = TrackEmbedded.from_bytes(raw)
+
+            async def embed() -> str:
+                changed = await self.registry.mark_embedded(embedded.track_id, embedded.sha256)
+                return "applied" if changed else "unchanged"
+
+            return "embedded", embed
+        if topic == self.topics.tracks_failed:
+            failed = TrackFailed.from_bytes(raw)
+
+            async def fail() -> str:
+                if failed.track_id is None:
+                    return "ignored"
+                changed = await self.registry.mark_failed(
+                    failed.track_id, failed.stage, f"{failed.error_kind}: {failed.error}"
+                )
+                return "applied" if changed else "unchanged"
+
+            return "failed", fail
+        if topic == self.topics.index_snapshots:
+            snapshot = SnapshotPublished.from_bytes(raw)
+
+            async def index() -> str:
+                changed = await self.membership.apply(snapshot.version, snapshot.manifest_uri)
+                return "applied" if changed else "unchanged"
+
+            return "snapshot", index
+        raise ValueError(f"no status rule for topic {topic}")
+
+    async def _dead_letter(
+        self, kind: str, error: str, record: Any, raw: bytes, key: bytes | None, attempts: int = 1
+    ) -> None:
+        letter = dead_letter(
+            stage="ingest",
+            error_kind=kind,
+            error=error,
+            raw=raw,
+            key=key,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            attempts=attempts,
+        )
+        broker = self.broker
+        if broker is None:
+            raise RuntimeError("the status consumer has no broker to dead-letter with")
+        # Raises when the broker is down: the message is then rewound, not lost.
+        await broker.publish(letter.to_bytes(), topic=self.topics.tracks_failed, key=letter.key().encode())
+        log.warning("dead-lettered %s:%s@%s: %s", record.topic, record.partition, record.offset, error)
+
+
+async def _stop_quietly(broker: KafkaBroker) -> None:
+    try:
+        await asyncio.wait_for(broker.stop(), timeout=10)
+    except (KafkaError, OSError, TimeoutError, RuntimeError):
+        log.debug("status broker did not stop cleanly", exc_info=True)
