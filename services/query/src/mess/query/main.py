@@ -1,17 +1,67 @@
 """Builds the query app: lifespan resources, middleware and routers, nothing else."""
 
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mess.query.config import Settings
-from mess.runtime.http import health_router
+from mess.query.errors import install_error_handlers
+from mess.query.metrics import QueryMetrics
+from mess.query.resources import open_resources
+from mess.query.routes import health, media, recommendations, tracks
+
+
+class RequestTimer:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): latency per route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: QueryMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or "unmatched"
+            self.metrics.requests.labels(template, str(status)).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="mess query")
+    metrics = QueryMetrics()
 
-    async def readiness() -> dict[str, bool]:
-        return {"started": True}
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_resources(settings, metrics) as resources:
+            app.state.resources = resources
+            yield
 
-    app.include_router(health_router(readiness))
+    app = FastAPI(
+        title="mess query",
+        description="Music similarity search: tracks, recommendations, audio and waveforms.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestTimer, metrics=metrics)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tracks.router)
+    app.include_router(recommendations.router)
+    app.include_router(media.router)
     return app

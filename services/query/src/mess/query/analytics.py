@@ -1,0 +1,138 @@
+"""RecommendationServed for analytics, published without slowing a response.
+
+A request only puts the event on a bounded in-process queue (never awaits the
+broker); one background task hands queued events to the Kafka producer. With
+the broker down or the queue full the event is dropped and counted: analytics
+is best effort, answering the listener is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from mess.contracts.events import RecommendationServed, TrackFailed
+from mess.query.config import Settings
+from mess.query.metrics import QueryMetrics
+
+log = logging.getLogger(__name__)
+
+
+class AnalyticsPublisher:
+    def __init__(self, settings: Settings, metrics: QueryMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._queue: asyncio.Queue[RecommendationServed] = asyncio.Queue(maxsize=settings.analytics_queue_size)
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def accepting(self) -> bool:
+        """Whether an event offered now would be queued (else building one is wasted work)."""
+        return self._settings.analytics_enabled and self._connected
+
+    def count_unavailable(self) -> None:
+        """An event not even built because the broker is unavailable."""
+        if self._settings.analytics_enabled:
+            self._metrics.analytics_dropped.labels("broker_unavailable").inc()
+
+    def offer(self, event: RecommendationServed) -> None:
+        """Queue an event; never blocks, never raises."""
+        if not self._settings.analytics_enabled:
+            return
+        if not self._connected:
+            self._metrics.analytics_dropped.labels("broker_unavailable").inc()
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._metrics.analytics_dropped.labels("queue_full").inc()
+
+    async def publish_dead_letter(self, letter: TrackFailed) -> None:
+        """Dead letters are rare and must not be dropped silently: await the broker."""
+        producer = self._producer
+        if producer is None or not self._connected:
+            log.error("dead letter lost, broker unavailable: %s", letter.model_dump_json())
+            return
+        try:
+            await producer.send_and_wait(
+                self._settings.stack.topics.tracks_failed, letter.to_bytes(), key=letter.key().encode()
+            )
+        except KafkaError as exc:
+            log.error("dead letter lost (%s): %s", exc, letter.model_dump_json())
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_producer()
+
+    async def _close_producer(self) -> None:
+        self._connected = False
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await producer.stop()
+
+    async def _connect(self) -> bool:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.stack.kafka_servers,
+            client_id=f"mess-query-{uuid.uuid4().hex[:8]}",
+            request_timeout_ms=self._settings.kafka_timeout_ms,
+            linger_ms=5,  # batch bursts; analytics can wait a few milliseconds
+            acks=1,
+        )
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(KafkaError, OSError):
+                await producer.stop()
+            log.warning("analytics broker unavailable (%s); RecommendationServed events are dropped", exc)
+            return False
+        self._producer = producer
+        self._connected = True
+        log.info("analytics publishing to %s", self._settings.stack.topics.recommendations_served)
+        return True
+
+    def _drain(self, reason: str) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._metrics.analytics_dropped.labels(reason).inc()
+
+    async def _run(self) -> None:
+        topic = self._settings.stack.topics.recommendations_served
+        while True:
+            if self._producer is None and not await self._connect():
+                self._drain("broker_unavailable")
+                await asyncio.sleep(self._settings.analytics_retry_s)
+                continue
+            assert self._producer is not None
+            event = await self._queue.get()
+            try:
+                # send() only appends to a batch; the delivery is awaited by the callback.
+                delivery = await self._producer.send(topic, event.to_bytes(), key=event.key().encode())
+            except KafkaError as exc:
+                self._metrics.analytics_dropped.labels("broker_error").inc()
+                log.warning("RecommendationServed dropped: %s", exc)
+                continue
+            delivery.add_done_callback(self._delivered)
+
+    def _delivered(self, delivery: asyncio.Future[object]) -> None:
+        if delivery.cancelled() or delivery.exception() is not None:
+            self._metrics.analytics_dropped.labels("broker_error").inc()
+        else:
+            self._metrics.analytics_published.inc()

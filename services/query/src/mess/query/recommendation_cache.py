@@ -1,0 +1,133 @@
+"""The Redis cache of recommendation responses, with single-flight.
+
+Keys carry the snapshot version, so a swap invalidates every entry by
+construction and nothing is ever deleted by hand. Concurrent requests for one
+key share a single lookup-and-compute in this process.
+
+Redis is an optimisation, never a dependency: any Redis error (or a command
+slower than the timeout) marks it down for a short while, during which
+requests skip it and are answered uncached; readiness reports "degraded".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from mess.query.metrics import QueryMetrics
+
+log = logging.getLogger(__name__)
+
+Compute = Callable[[], Awaitable[bytes]]
+
+
+def cache_key(prefix: str, snapshot_version: str, track_id: str, k: int, strategy: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    return f"{prefix}rec:{snapshot_version}:{track_id}:{k}:{strategy}:{digest}"
+
+
+class RecommendationCache:
+    def __init__(
+        self, redis: Redis | None, metrics: QueryMetrics, ttl_s: int, timeout_s: float, retry_s: float
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._ttl = ttl_s
+        self._timeout = timeout_s
+        self._retry = retry_s
+        self._down_until = 0.0
+        self._inflight: dict[str, asyncio.Future[tuple[bytes, bool]]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self._redis is not None
+
+    @property
+    def available(self) -> bool:
+        return self._redis is not None and time.monotonic() >= self._down_until
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._metrics.cache_errors.inc()
+        if time.monotonic() >= self._down_until:
+            log.warning("Redis %s failed (%s); answering uncached for %.0fs", what, exc, self._retry)
+        self._down_until = time.monotonic() + self._retry
+
+    async def ping(self) -> bool:
+        """Readiness probe; a success ends a 'down' period early."""
+        if self._redis is None:
+            return False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("ping", exc)
+            return False
+        self._down_until = 0.0
+        return True
+
+    async def _get(self, key: str) -> bytes | None:
+        if self._redis is None or not self.available:
+            return None
+        try:
+            async with asyncio.timeout(self._timeout):
+                value = await self._redis.get(key)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("get", exc)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    async def _set(self, key: str, value: bytes) -> None:
+        if self._redis is None or not self.available:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.set(key, value, ex=self._ttl)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("set", exc)
+
+    async def get_or_compute(self, key: str | None, compute: Compute) -> tuple[bytes, bool]:
+        """(body, came from the cache). ``key`` None means "do not cache this one"."""
+        if key is None:
+            return await compute(), False
+        while (running := self._inflight.get(key)) is not None:
+            # Another request is already looking this key up: share its answer.
+            # shield: one waiter giving up must not cancel the others' result.
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if running.cancelled() and task is not None and not task.cancelling():
+                    continue  # the request that computed it went away; look again ourselves
+                raise
+        future: asyncio.Future[tuple[bytes, bool]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            cached = await self._get(key)
+            if cached is not None:
+                result = (cached, True)
+            else:
+                body = await compute()
+                await self._set(key, body)
+                result = (body, False)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Waiters re-raise it; retrieve it here so an unwaited future logs nothing.
+            future.exception()
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[key]

@@ -1,0 +1,124 @@
+"""The service's heavy resources, opened in the app's lifespan and closed with it.
+
+Nothing here runs at import time: the S3 client, the asyncpg pool, Redis,
+the Kafka producer and consumer and the search threads exist only between
+start-up and shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import faiss
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from redis.asyncio import Redis
+
+from mess.query.analytics import AnalyticsPublisher
+from mess.query.catalog import TrackCatalog
+from mess.query.config import Settings
+from mess.query.media import MediaStore
+from mess.query.metrics import QueryMetrics
+from mess.query.recommendation_cache import RecommendationCache
+from mess.query.recommender import Recommender
+from mess.query.searcher import SnapshotSearcher
+from mess.query.snapshot_follower import SnapshotFollower
+from mess.query.snapshots import SnapshotStore
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    metrics: QueryMetrics
+    follower: SnapshotFollower
+    catalog: TrackCatalog
+    cache: RecommendationCache
+    analytics: AnalyticsPublisher
+    recommender: Recommender
+    media: MediaStore
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIterator[Resources]:
+    stack = settings.stack
+    faiss.omp_set_num_threads(settings.faiss_omp_threads)
+    async with contextlib.AsyncExitStack() as exits:
+        s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
+        s3: S3Client = await exits.enter_async_context(
+            get_session().create_client(
+                "s3", config=AioConfig(max_pool_connections=32, retries={"max_attempts": 2}), **s3_kwargs
+            )
+        )
+        # min_size 0: the pool connects lazily, so a Postgres that is still starting
+        # does not stop the service from starting (readiness says so instead).
+        pool = await asyncpg.create_pool(
+            stack.postgres_dsn,
+            min_size=settings.pg_pool_min,
+            max_size=settings.pg_pool_max,
+            command_timeout=settings.pg_command_timeout_s,
+            server_settings={"search_path": stack.postgres_schema},
+        )
+        exits.push_async_callback(pool.close)
+        catalog = TrackCatalog(
+            pool, metrics, settings.pg_acquire_timeout_s, settings.metadata_cache_size, settings.metadata_cache_ttl_s
+        )
+
+        redis: Redis | None = None
+        if settings.cache_enabled:
+            redis = Redis.from_url(
+                stack.redis_url,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
+                max_connections=64,
+            )
+            exits.push_async_callback(redis.aclose)
+        cache = RecommendationCache(
+            redis, metrics, settings.cache_ttl_s, settings.redis_timeout_s, settings.redis_retry_s
+        )
+
+        analytics = AnalyticsPublisher(settings, metrics)
+        await analytics.start()
+        exits.push_async_callback(analytics.stop)
+
+        store = SnapshotStore(s3, stack.bucket, settings.snapshot_dir)
+        follower = SnapshotFollower(settings, store, metrics, dead_letters=analytics.publish_dead_letter)
+
+        def forget_metadata(_: SnapshotSearcher) -> None:
+            # A swap changes which tracks are indexed; cached registry rows may say otherwise.
+            catalog.forget_cached()
+
+        follower.on_swap(forget_metadata)
+        executor = ThreadPoolExecutor(max_workers=settings.search_threads, thread_name_prefix="mess-search")
+        exits.callback(executor.shutdown, wait=True, cancel_futures=True)
+        await follower.start()
+        exits.push_async_callback(follower.stop)
+
+        recommender = Recommender(
+            follower,
+            catalog,
+            cache,
+            analytics,
+            metrics,
+            executor,
+            settings.search_concurrency,
+            stack.redis_prefix,
+        )
+        media = MediaStore(s3, stack.bucket, settings.audio_chunk_bytes)
+        log.info(
+            "query service started: bucket %s, schema %s, snapshots cached in %s",
+            stack.bucket,
+            stack.postgres_schema,
+            settings.snapshot_dir,
+        )
+        yield Resources(settings, metrics, follower, catalog, cache, analytics, recommender, media)

@@ -1,0 +1,51 @@
+"""`/health/live`, `/health/ready` and `/metrics`.
+
+Readiness has hard checks (a snapshot is loaded, Postgres answers) and soft
+ones (Redis, the analytics broker). A failed soft check leaves the replica
+ready, with status "degraded" and the failed parts listed: it still answers
+correctly, only uncached or without analytics events.
+"""
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mess.query.deps import ResourcesDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get("/health/ready")
+async def ready(resources: ResourcesDep) -> JSONResponse:
+    snapshot = resources.follower.current
+    postgres, redis = await asyncio.gather(resources.catalog.ping(), resources.cache.ping())
+    hard = {"snapshot": snapshot is not None, "postgres": postgres}
+    soft: dict[str, bool] = {}
+    if resources.cache.enabled:
+        soft["redis"] = redis
+    if resources.settings.analytics_enabled:
+        soft["analytics_broker"] = resources.analytics.connected
+    ok = all(hard.values())
+    degraded = sorted(name for name, passed in soft.items() if not passed)
+    status = "not ready" if not ok else ("degraded" if degraded else "ready")
+    body = {
+        "status": status,
+        "checks": {**hard, **soft},
+        "degraded": degraded,
+        "snapshot_version": snapshot.version if snapshot is not None else None,
+        "vectors": snapshot.vector_count if snapshot is not None else 0,
+        "refused_snapshots": resources.follower.refused,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(resources: ResourcesDep) -> Response:
+    return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)
