@@ -1,0 +1,240 @@
+"""The TrackAdded consumer: one poll batch in, one TrackEmbedded or TrackFailed out per record.
+
+Offset discipline. The subscriber is faststream's *batch* subscriber with
+manual acknowledgement: each poll returns up to ``max_tracks_per_poll``
+records (waiting up to ``poll_wait_ms`` to fill up), the handler settles
+every record (publishes its TrackEmbedded, or its TrackFailed dead letter),
+and only then commits, which moves each partition exactly past this batch.
+If anything in the batch cannot be published, the batch is *nacked*:
+faststream seeks every partition back to the batch's first record, so the
+whole batch is delivered again (publishing is idempotent: same vector, same
+key). Nothing is committed past a record that has not been settled.
+
+A poll batch is processed while the consumer does not poll; aiokafka keeps
+heartbeating from its own task, and ``max_poll_interval_ms`` is set above the
+slowest batch, so a long GPU batch does not make the group rebalance.
+"""
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
+from pydantic import ValidationError
+
+from mess.contracts.events import Event, TrackAdded, TrackEmbedded, TrackFailed
+from mess.embedder import metrics
+from mess.embedder.audio import AudioRejectedError
+from mess.embedder.config import Settings
+from mess.embedder.embedding import TrackEmbedder
+from mess.embedder.storage import AudioStore, Backoff, RetriesExhaustedError
+from mess.runtime.deadletter import dead_letter
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """The fields of aiokafka's ConsumerRecord this handler reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+class PublishFailedError(RuntimeError):
+    """The broker did not take an event after every retry; the poll batch is redelivered."""
+
+
+class AddedTrackHandler:
+    """Settles each TrackAdded record of a poll batch, then commits the batch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        publish: Callable[[Event, str], Awaitable[None]],
+        store: AudioStore,
+        embedder: TrackEmbedder,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.stack.topics
+        self.publish = publish
+        self.store = store
+        self.embedder = embedder
+        self._io_slots = asyncio.Semaphore(settings.track_concurrency)
+
+    async def handle_batch(self, message: KafkaMessage) -> None:
+        records: tuple[Record, ...] = tuple(message.raw_message)
+        started = time.monotonic()
+        metrics.POLL_TRACKS.observe(len(records))
+        try:
+            await asyncio.gather(*(self.settle(record) for record in records))
+        except Exception:
+            # Seek back to the first record of this batch on every partition:
+            # the batch comes again, and nothing past it is committed.
+            log.exception("poll batch of %d records not settled; it will be delivered again", len(records))
+            await message.nack()
+            raise
+        await message.ack()
+        metrics.POLL_SECONDS.observe(time.monotonic() - started)
+        consumer = getattr(message, "consumer", None)
+        if isinstance(consumer, AIOKafkaConsumer):
+            await _update_lag(consumer)
+
+    async def settle(self, record: Record) -> None:
+        """Publish this record's TrackEmbedded or TrackFailed; raise only when the broker refuses both."""
+        try:
+            event = TrackAdded.from_bytes(record.value or b"")
+        except (ValidationError, ValueError) as exc:
+            await self._dead_letter(record, "malformed_event", f"not a valid TrackAdded: {exc}", None)
+            return
+        try:
+            async with self._io_slots:
+                data = await self.store.fetch(event.audio_uri)
+            embedded = await self.embedder.embed(event.track_id, data, event.sha256)
+            await self.store.put_waveform(embedded.peaks)
+        except AudioRejectedError as exc:
+            await self._dead_letter(record, exc.kind, exc.reason, event.track_id)
+            return
+        except RetriesExhaustedError as exc:
+            await self._dead_letter(record, "transient_exhausted", str(exc), event.track_id, attempts=exc.attempts)
+            return
+        except Exception as exc:  # a model or code failure is this track's, not the partition's
+            log.exception("embedding %s failed unexpectedly", event.track_id)
+            await self._dead_letter(record, "model_error", f"{type(exc).__name__}: {exc}", event.track_id)
+            return
+        out = TrackEmbedded(
+            track_id=event.track_id,
+            sha256=event.sha256,
+            model=self.embedder.identity,
+            vector=embedded.vector,
+            duration_s=round(embedded.duration_s, 6),
+            chunks=embedded.chunks,
+        )
+        await self.publish(out, self.topics.tracks_embedded)
+        metrics.TRACKS.labels(outcome="embedded").inc()
+        metrics.AUDIO_SECONDS.inc(embedded.duration_s)
+        metrics.CHUNKS.inc(embedded.chunks)
+
+    async def _dead_letter(
+        self, record: Record, kind: str, reason: str, track_id: str | None, attempts: int = 1
+    ) -> None:
+        failed: TrackFailed = dead_letter(
+            stage="embed",
+            error_kind=kind,
+            error=reason,
+            raw=record.value,
+            key=record.key,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            attempts=attempts,
+            track_id=track_id,
+        )
+        log.warning("dead letter for %s: %s: %s", failed.track_id or failed.key(), kind, reason)
+        await self.publish(failed, self.topics.tracks_failed)
+        metrics.TRACKS.labels(outcome="failed").inc()
+        metrics.FAILURES.labels(kind=kind).inc()
+
+
+async def _update_lag(consumer: AIOKafkaConsumer) -> None:
+    for partition in consumer.assignment():
+        highwater = consumer.highwater(partition)
+        if highwater is None:
+            continue
+        with contextlib.suppress(Exception):
+            position = await consumer.position(partition)
+            metrics.LAG.labels(topic=partition.topic, partition=str(partition.partition)).set(
+                max(0, highwater - position)
+            )
+
+
+def publisher(broker: KafkaBroker, backoff: Backoff) -> Callable[[Event, str], Awaitable[None]]:
+    """Send one event keyed by its ``key()``, waiting for the broker's ack; retry with backoff."""
+
+    async def publish(event: Event, topic: str) -> None:
+        body = event.to_bytes()
+        key = event.key().encode("utf-8")
+        headers = {"content-type": "application/json", "event-type": event.event_type}
+        for attempt in range(backoff.attempts):
+            try:
+                await broker.publish(body, topic=topic, key=key, headers=headers)
+                return
+            except Exception as exc:  # any send failure is retried, then the batch is redelivered
+                if attempt + 1 >= backoff.attempts:
+                    raise PublishFailedError(f"publishing {event.event_type} to {topic} failed: {exc}") from exc
+                metrics.RETRIES.labels(operation="publish").inc()
+                delay = backoff.delay(attempt)
+                log.warning("publishing to %s failed (%s); retry in %.2f s", topic, exc, delay)
+                await asyncio.sleep(delay)
+
+    return publish
+
+
+async def _tolerant_parser(
+    record_batch: tuple[Record, ...], original: Callable[[Any], Awaitable[StreamMessage[Any]]]
+) -> StreamMessage[Any]:
+    """faststream decodes every header as UTF-8; a poison message with binary
+    headers would then fail the whole batch before the handler could
+    dead-letter it. Such headers are dropped (the payload is kept intact)."""
+    try:
+        return await original(record_batch)
+    except UnicodeDecodeError:
+        cleaned = []
+        for record in record_batch:
+            copy_of = copy.copy(record)
+            copy_of.headers = [(k, v) for k, v in record.headers if _decodes(v)]
+            cleaned.append(copy_of)
+        return await original(tuple(cleaned))
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def build_broker(settings: Settings) -> KafkaBroker:
+    return KafkaBroker(
+        settings.stack.kafka_servers,
+        client_id="mess-embedder",
+        acks="all",
+        # Topics are provisioned with their partitions and compaction by
+        # mess-dev or the deployment; a consumer must never create them.
+        allow_auto_create_topics=False,
+        logger=logging.getLogger("mess.embedder.kafka"),
+    )
+
+
+def subscribe(broker: KafkaBroker, settings: Settings, handler: AddedTrackHandler) -> None:
+    """Attach the batch subscriber for TrackAdded to ``broker``."""
+    subscriber = broker.subscriber(
+        settings.stack.topics.tracks_added,
+        batch=True,
+        group_id=settings.group_id,
+        max_records=settings.max_tracks_per_poll,
+        batch_timeout_ms=settings.poll_wait_ms,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        parser=_tolerant_parser,
+        title="embedder: TrackAdded -> TrackEmbedded | TrackFailed",
+    )
+    subscriber(handler.handle_batch)
+
+
+__all__ = ["AddedTrackHandler", "PublishFailedError", "build_broker", "publisher", "subscribe"]

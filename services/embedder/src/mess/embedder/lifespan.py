@@ -1,0 +1,122 @@
+"""The embedder's resources, built in order at start-up and released in reverse.
+
+The model loads first; if it cannot, the process stops with the reason before
+any message is consumed. Then the S3 client, the batcher and its threads,
+and last the Kafka consumer, so no TrackAdded is taken before everything it
+needs is ready.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiobotocore.session import get_session
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+
+from mess.embedder import metrics
+from mess.embedder.audio import AudioLimits
+from mess.embedder.backends import EmbeddingBackend, ModelLoadError, build_backend
+from mess.embedder.batching import ChunkBatcher
+from mess.embedder.config import Settings
+from mess.embedder.consumer import AddedTrackHandler, build_broker, publisher, subscribe
+from mess.embedder.embedding import ChunkPlan, TrackEmbedder
+from mess.embedder.storage import CLIENT_CONFIG, AudioStore, Backoff
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedderResources:
+    """What the routes may look at (readiness, the model's identity)."""
+
+    backend: EmbeddingBackend
+    embedder: TrackEmbedder
+    batcher: ChunkBatcher
+    broker: KafkaBroker
+
+
+def chunk_plan(settings: Settings, backend: EmbeddingBackend) -> ChunkPlan:
+    seconds = settings.chunk_seconds or backend.default_chunk_seconds
+    hop = settings.hop_seconds or seconds
+    if hop > seconds:
+        raise ModelLoadError(f"hop {hop} s exceeds the chunk length {seconds} s")
+    return ChunkPlan(seconds=seconds, hop_seconds=hop)
+
+
+def load_backend(settings: Settings) -> EmbeddingBackend:
+    try:
+        return build_backend(settings)
+    except ModelLoadError as exc:
+        log.critical("the %s model cannot be loaded, stopping: %s", settings.backend, exc)
+        raise
+
+
+def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            # Loading can take seconds (hashing and reading weights); a worker
+            # thread keeps the loop free meanwhile.
+            backend = await asyncio.to_thread(load_backend, settings)
+            stack.callback(backend.close)
+            plan = chunk_plan(settings, backend)
+
+            model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+            stack.callback(model_thread.shutdown, wait=True, cancel_futures=True)
+            decode_threads = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+            stack.callback(decode_threads.shutdown, wait=True, cancel_futures=True)
+
+            batcher = ChunkBatcher(backend, model_thread, settings.batch_size, settings.batch_wait_ms / 1000)
+            await batcher.start()
+            stack.push_async_callback(batcher.stop)
+
+            embedder = TrackEmbedder(
+                backend,
+                batcher,
+                decode_threads,
+                plan,
+                AudioLimits(min_seconds=settings.min_audio_seconds, max_seconds=settings.max_audio_seconds),
+                waveform_pairs=settings.waveform_pairs,
+            )
+            identity = embedder.identity
+            metrics.MODEL.labels(
+                name=identity.name,
+                revision=identity.revision,
+                dim=str(identity.dim),
+                pooling=identity.pooling,
+                device=backend.device,
+            ).set(1)
+            log.info("model %s ready on %s", identity.fingerprint(), backend.device)
+
+            client_kwargs: dict[str, Any] = settings.stack.s3_client_kwargs()
+            s3 = await stack.enter_async_context(
+                get_session().create_client("s3", config=CLIENT_CONFIG, **client_kwargs)
+            )
+            fetch_backoff = Backoff(settings.fetch_attempts, settings.retry_base_s, settings.retry_max_s)
+            store = AudioStore(s3, settings.stack.bucket, fetch_backoff, settings.max_audio_bytes)
+
+            broker = build_broker(settings)
+            publish_backoff = Backoff(settings.publish_attempts, settings.retry_base_s, settings.retry_max_s)
+            handler = AddedTrackHandler(settings, publisher(broker, publish_backoff), store, embedder)
+            subscribe(broker, settings, handler)
+            await broker.start()
+            stack.push_async_callback(broker.stop)
+            log.info(
+                "consuming %s as group %s (poll: %d tracks / %d ms; batch: %d chunks / %d ms)",
+                settings.stack.topics.tracks_added,
+                settings.group_id,
+                settings.max_tracks_per_poll,
+                settings.poll_wait_ms,
+                settings.batch_size,
+                settings.batch_wait_ms,
+            )
+            app.state.resources = EmbedderResources(backend=backend, embedder=embedder, batcher=batcher, broker=broker)
+            yield
+            app.state.resources = None
+
+    return cast(Callable[[FastAPI], AbstractAsyncContextManager[None]], run)

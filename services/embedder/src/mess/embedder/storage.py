@@ -1,0 +1,134 @@
+"""The embedder's side of the bucket: read track audio, write waveform peaks.
+
+Transient failures (connection refused or reset, timeouts, throttling, 5xx)
+are retried with exponential backoff and jitter; botocore's own retries are
+switched off so there is one retry policy, this one. Permanent failures
+(no such key or bucket, access denied, too large) are not retried.
+"""
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mess.contracts.storage import WaveformPeaks, split_s3_uri, waveform_key
+from mess.embedder import metrics
+from mess.embedder.audio import AudioRejectedError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Error codes that say "this will not get better by asking again".
+_MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+
+CLIENT_CONFIG = AioConfig(
+    retries={"max_attempts": 1, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=60,
+)
+
+
+class RetriesExhaustedError(RuntimeError):
+    """A transient error outlived every retry."""
+
+    def __init__(self, operation: str, attempts: int, last: BaseException) -> None:
+        super().__init__(f"{operation} failed {attempts} times; last error: {type(last).__name__}: {last}")
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class Backoff:
+    attempts: int = 5
+    base_s: float = 0.5
+    max_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform up to base * 2**attempt, capped."""
+        ceiling: float = min(self.max_s, self.base_s * (2**attempt))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _MISSING or code in _DENIED:
+            return False
+        return status >= 500 or status == 429 or code in {"SlowDown", "Throttling", "RequestTimeout", "InternalError"}
+    return isinstance(exc, (BotoCoreError, aiohttp.ClientError, TimeoutError, ConnectionError))
+
+
+async def with_retries(operation: str, call: Callable[[], Awaitable[T]], backoff: Backoff) -> T:
+    """Run ``call``; retry transient errors with backoff, raise RetriesExhaustedError at the end."""
+    for attempt in range(backoff.attempts):
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt + 1 >= backoff.attempts:
+                raise RetriesExhaustedError(operation, backoff.attempts, exc) from exc
+            delay = backoff.delay(attempt)
+            metrics.RETRIES.labels(operation=operation).inc()
+            log.warning(
+                "%s failed (%s: %s); retry %d in %.2f s", operation, type(exc).__name__, exc, attempt + 1, delay
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class AudioStore:
+    def __init__(self, client: "S3Client", bucket: str, backoff: Backoff, max_bytes: int) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.backoff = backoff
+        self.max_bytes = max_bytes
+
+    async def fetch(self, audio_uri: str) -> bytes:
+        """The audio object's bytes. Raises AudioRejectedError for permanent problems,
+        RetriesExhaustedError when retries ran out."""
+        bucket, key = split_s3_uri(audio_uri)
+
+        async def read() -> bytes:
+            response = await self.client.get_object(Bucket=bucket, Key=key)
+            size = int(response.get("ContentLength", 0) or 0)
+            body = response["Body"]
+            if size > self.max_bytes:
+                body.close()
+                raise AudioRejectedError(
+                    "too_large", f"{audio_uri} holds {size} bytes; the limit is {self.max_bytes} (max_audio_bytes)"
+                )
+            async with body as stream:
+                data: bytes = await stream.read()
+            return data
+
+        try:
+            return await with_retries("s3_get", read, self.backoff)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING:
+                raise AudioRejectedError("missing_audio", f"{audio_uri} does not exist ({code})") from exc
+            if code in _DENIED:
+                raise AudioRejectedError("access_denied", f"{audio_uri} cannot be read ({code})") from exc
+            raise AudioRejectedError("s3_error", f"{audio_uri}: {exc}") from exc
+
+    async def put_waveform(self, peaks: WaveformPeaks) -> str:
+        key = waveform_key(peaks.track_id)
+        body = peaks.model_dump_json().encode("utf-8")
+
+        async def write() -> Any:
+            return await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+
+        await with_retries("s3_put_waveform", write, self.backoff)
+        return key
