@@ -1,15 +1,76 @@
 """Settings of the indexer service (environment prefix `MESS_INDEXER_`)."""
 
-from pydantic import Field
+import socket
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mess.indexer.shard_index import FLAT, IndexBuildError, tuned_parameter_of
 from mess.runtime.endpoints import StackSettings
+
+
+def _default_writer_id() -> str:
+    return f"indexer@{socket.gethostname()}"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESS_INDEXER_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = 8003
+    port: int = Field(default=8003, ge=1, le=65535)
     log_level: str = "INFO"
     stack: StackSettings = Field(default_factory=StackSettings)
+
+    group_id: str = Field(
+        default="mess-indexer",
+        description="Kafka group the published offsets are copied to, for lag tools (the snapshot is the checkpoint)",
+    )
+    writer_id: str = Field(
+        default_factory=_default_writer_id,
+        description="who holds the publish lease; a restarted indexer with the same id takes its lease back at once",
+    )
+    model: str | None = Field(
+        default=None,
+        description="model fingerprint (name@revision/pooling/dim) the index must hold; unset: the first vector's",
+    )
+
+    shard_count: int = Field(default=8, ge=1, le=4096)
+    snapshot_every_changes: int = Field(default=10_000, ge=1, description="snapshot after this many changes")
+    snapshot_interval_s: float = Field(default=30.0, gt=0, description="or this long after the first pending change")
+    keep_snapshots: int = Field(
+        default=5, ge=2, description="snapshots kept in S3 (a query replica may still load one)"
+    )
+
+    flat_threshold: int = Field(default=10_000, ge=0, description="shards with fewer vectors get an exact Flat index")
+    approximate_index: str = Field(
+        default="HNSW32,SQ8",
+        description="FAISS factory string for larger shards; {nlist} is replaced by about 4*sqrt(n) for IVF",
+    )
+    hnsw_ef_construction: int = Field(default=40, ge=8)
+    tuning_recall: float = Field(
+        default=0.96,
+        gt=0,
+        le=1,
+        description="recall@10 the search parameter is tuned to on the sample (the goal is 0.95; this leaves headroom)",
+    )
+    tuning_queries: int = Field(default=200, ge=10, le=10_000)
+    faiss_threads: int = Field(default=0, ge=0, description="OpenMP threads for builds; 0 keeps FAISS's default")
+
+    poll_max_records: int = Field(default=2_000, ge=1)
+    publish_lease_s: float = Field(
+        default=600.0, gt=0, description="a crashed writer's publish lease expires after this long"
+    )
+    latest_check_s: float = Field(
+        default=10.0, gt=0, description="how often LATEST is read to notice a snapshot another writer published"
+    )
+    retry_s: float = Field(default=5.0, gt=0, description="wait before retrying a failed snapshot")
+
+    @model_validator(mode="after")
+    def _factory_is_tunable(self) -> Self:
+        if self.approximate_index != FLAT:
+            try:
+                tuned_parameter_of(self.approximate_index)
+            except IndexBuildError as exc:
+                raise ValueError(str(exc)) from exc
+        return self

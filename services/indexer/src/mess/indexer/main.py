@@ -1,17 +1,59 @@
 """Builds the indexer app: lifespan resources, middleware and routers, nothing else."""
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from mess.indexer.config import Settings
+from mess.indexer.indexer import Indexer
+from mess.indexer.metrics import IndexerMetrics
 from mess.runtime.http import health_router
 
+log = logging.getLogger(__name__)
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+FatalHandler = Callable[[BaseException], None]
+
+
+def create_app(settings: Settings | None = None, on_fatal: FatalHandler | None = None) -> FastAPI:
+    """``on_fatal`` is called when the indexer stops on an error (the command
+    line shuts the server down with it, so the process exits and restarts
+    from LATEST)."""
     settings = settings or Settings()
-    app = FastAPI(title="mess indexer")
+    metrics = IndexerMetrics()
+    indexer = Indexer(settings, metrics)
 
-    async def readiness() -> dict[str, bool]:
-        return {"started": True}
+    async def serve() -> None:
+        # Loading a large snapshot takes a while: the routes answer meanwhile
+        # (live, not ready) instead of the process looking hung.
+        await indexer.start()
+        await indexer.run()
 
-    app.include_router(health_router(readiness))
+    def finished(task: "asyncio.Task[None]") -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        log.critical("the indexer stopped on an error", exc_info=error)
+        if on_fatal is not None:
+            on_fatal(error)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(serve(), name="indexer")
+        task.add_done_callback(finished)
+        try:
+            yield
+        finally:
+            indexer.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, timeout=30)
+            await indexer.close()
+
+    app = FastAPI(title="mess indexer", lifespan=lifespan)
+    app.state.indexer = indexer
+    app.include_router(health_router(indexer.readiness, metrics.registry))
     return app

@@ -1,0 +1,228 @@
+"""FAISS indexes for one shard: which type, how it is built and tuned.
+
+A shard below ``flat_threshold`` vectors gets an exact ``Flat`` index (inner
+product on unit vectors is cosine). Above it the configured approximate
+factory string is used (``HNSW32,SQ8`` by default; ``IVF{nlist},SQ8`` or a PQ
+variant also work, ``{nlist}`` being filled from the shard size), and its one
+search-time knob (``efSearch`` for HNSW, ``nprobe`` for IVF) is tuned on the
+spot: the smallest value on a ladder whose recall@10 against exact search
+reaches the target on a sample of stored vectors used as queries. The tuned
+value goes into the manifest (``search_params``) so the query service searches
+with the same setting; its keys are ``faiss.ParameterSpace`` names.
+
+The bench scripts pick the defaults from measurements (see the README).
+"""
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+Matrix = npt.NDArray[np.float32]
+Labels = npt.NDArray[np.int64]
+
+FLAT = "Flat"
+RECALL_K = 10
+# Candidate values, cheapest first; the first that reaches the target wins.
+EF_SEARCH_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+class IndexBuildError(ValueError):
+    """The factory string cannot make an index for these vectors."""
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    factory: str
+    tuned_parameter: str | None  # "efSearch", "nprobe", or None for exact search
+
+    @property
+    def exact(self) -> bool:
+        return self.tuned_parameter is None
+
+
+def nlist_for(count: int) -> int:
+    """IVF list count: about 4·sqrt(n), with at least 39 training points per list
+    (FAISS warns below that)."""
+    return max(1, min(count // 39, int(4 * math.sqrt(count))))
+
+
+def tuned_parameter_of(factory: str) -> str | None:
+    if factory == FLAT:
+        return None
+    if factory.startswith("HNSW"):
+        return "efSearch"
+    if factory.startswith(("IVF", "OPQ", "PCA")) and "IVF" in factory:
+        return "nprobe"
+    raise IndexBuildError(
+        f"index factory {factory!r} is neither Flat nor an HNSW or IVF family whose search can be tuned"
+    )
+
+
+def plan_for(count: int, *, flat_threshold: int, approximate_factory: str) -> IndexPlan:
+    if count == 0 or count < flat_threshold or approximate_factory == FLAT:
+        return IndexPlan(FLAT, None)
+    factory = approximate_factory.replace("{nlist}", str(nlist_for(count)))
+    return IndexPlan(factory, tuned_parameter_of(factory))
+
+
+def check_factory(approximate_factory: str, dim: int) -> None:
+    """Fail early (at start-up) on a factory string FAISS cannot build for ``dim``."""
+    factory = approximate_factory.replace("{nlist}", "16")
+    tuned_parameter_of(factory)
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"FAISS cannot build {factory!r} for dimension {dim}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class BuiltShardIndex:
+    factory: str
+    search_params: dict[str, int]
+    index_bytes: bytes
+    recall_at_10: float | None  # measured on the tuning sample; None for exact
+    build_seconds: float
+
+
+def build_index(vectors: Matrix, plan: IndexPlan, *, ef_construction: int = 40) -> faiss.Index:
+    dim = vectors.shape[1]
+    try:
+        index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"FAISS cannot build {plan.factory!r} for dimension {dim}: {exc}") from exc
+    if plan.tuned_parameter == "efSearch":
+        hnsw_index: Any = faiss.downcast_index(index)
+        hnsw_index.hnsw.efConstruction = ef_construction
+    if not index.is_trained and len(vectors):
+        index.train(_training_sample(vectors, plan))
+    if len(vectors):
+        index.add(vectors)
+    return index
+
+
+def _training_sample(vectors: Matrix, plan: IndexPlan) -> Matrix:
+    # Scalar quantizers only need each dimension's range; k-means needs a
+    # sample big enough for its lists but gains little beyond 256 per list.
+    if plan.tuned_parameter != "nprobe":
+        return vectors
+    limit = 256 * nlist_for(len(vectors))
+    if len(vectors) <= limit:
+        return vectors
+    rows = np.random.default_rng(0).choice(len(vectors), size=limit, replace=False)
+    return vectors[np.sort(rows)]
+
+
+def exact_top_k(queries: Matrix, vectors: Matrix, k: int = RECALL_K) -> Labels:
+    """Row numbers of the exact top-k by inner product (-1 where fewer exist)."""
+    if len(vectors) == 0 or len(queries) == 0:
+        return np.full((len(queries), k), -1, dtype=np.int64)
+    _, labels = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def recall_at_k(truth: Labels, found: Labels) -> float:
+    """Share of the true neighbours found; rows with no true neighbours are skipped."""
+    hits = total = 0
+    for true_row, found_row in zip(truth, found, strict=True):
+        wanted = {int(label) for label in true_row if label >= 0}
+        if not wanted:
+            continue
+        hits += len(wanted & {int(label) for label in found_row})
+        total += len(wanted)
+    return hits / total if total else 1.0
+
+
+def tune(index: faiss.Index, parameter: str, queries: Matrix, truth: Labels, target_recall: float) -> tuple[int, float]:
+    """The cheapest ladder value reaching ``target_recall``, and the recall it got.
+    If none does, the largest value and its recall (the caller logs a warning)."""
+    space = faiss.ParameterSpace()
+    ladder: tuple[int, ...] = EF_SEARCH_LADDER if parameter == "efSearch" else NPROBE_LADDER
+    if parameter == "nprobe":
+        nlist = int(faiss.extract_index_ivf(index).nlist)
+        ladder = (*(v for v in ladder if v < nlist), nlist)
+    value, recall = ladder[-1], 0.0
+    for candidate in ladder:
+        space.set_index_parameter(index, parameter, candidate)
+        _, found = index.search(queries, RECALL_K)
+        recall = recall_at_k(truth, found)
+        value = candidate
+        if recall >= target_recall:
+            break
+    space.set_index_parameter(index, parameter, value)
+    return value, recall
+
+
+def build_shard_index(
+    vectors: Matrix,
+    plan: IndexPlan,
+    *,
+    tuning_queries: Matrix,
+    target_recall: float,
+    ef_construction: int = 40,
+) -> BuiltShardIndex:
+    """Build, tune and serialise one shard's index (blocking; FAISS releases the GIL)."""
+    started = time.perf_counter()
+    index = build_index(vectors, plan, ef_construction=ef_construction)
+    search_params: dict[str, int] = {}
+    recall: float | None = None
+    if plan.tuned_parameter is not None and len(vectors) and len(tuning_queries):
+        truth = exact_top_k(tuning_queries, vectors)
+        value, recall = tune(index, plan.tuned_parameter, tuning_queries, truth, target_recall)
+        search_params[plan.tuned_parameter] = value
+        if recall < target_recall:
+            log.warning(
+                "index %s on %d vectors reaches recall@10 %.3f at most (%s=%d), below the target %.2f",
+                plan.factory,
+                len(vectors),
+                recall,
+                plan.tuned_parameter,
+                value,
+                target_recall,
+            )
+    index_bytes = faiss.serialize_index(index).tobytes()
+    return BuiltShardIndex(
+        factory=plan.factory,
+        search_params=search_params,
+        index_bytes=index_bytes,
+        recall_at_10=recall,
+        build_seconds=time.perf_counter() - started,
+    )
+
+
+def load_index(index_bytes: bytes, search_params: dict[str, int]) -> faiss.Index:
+    index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+    space = faiss.ParameterSpace()
+    for name, value in search_params.items():
+        space.set_index_parameter(index, name, value)
+    return index
+
+
+def search_shards(
+    shards: Sequence[tuple[faiss.Index, Sequence[str]]], queries: Matrix, k: int
+) -> list[list[tuple[str, float]]]:
+    """Top-k over all shards: each shard's top-k, merged by score. This is the
+    reference merge the benchmarks and tests measure recall with; the query
+    service does the same over its loaded snapshot."""
+    merged: list[list[tuple[str, float]]] = [[] for _ in range(len(queries))]
+    for index, ids in shards:
+        if index.ntotal == 0:
+            continue
+        scores, labels = index.search(queries, min(k, index.ntotal))
+        for row in range(len(queries)):
+            merged[row].extend(
+                (ids[int(label)], float(score))
+                for score, label in zip(scores[row], labels[row], strict=True)
+                if label >= 0
+            )
+    # Ties are broken by track id so the merge is deterministic.
+    return [sorted(hits, key=lambda hit: (-hit[1], hit[0]))[:k] for hits in merged]
