@@ -21,6 +21,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict
 
+from mess.contracts.ids import is_track_id
 from mess.query.metrics import QueryMetrics
 
 _COLUMNS = (
@@ -89,9 +90,12 @@ def encode_cursor(last_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+        last_id = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise BadCursorError(f"cursor {cursor!r} is not one this API handed out") from exc
+    if not is_track_id(last_id):
+        raise BadCursorError(f"cursor {cursor!r} is not one this API handed out")
+    return last_id
 
 
 def _like_pattern(text: str) -> str:

@@ -61,11 +61,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiableError(size)
         return max(size - length, 0), size - 1
     start = int(first)
+    if start >= size:
+        raise RangeNotSatisfiableError(size)
     end = int(last) if last else size - 1
     if end < start:
         return None
-    if start >= size:
-        raise RangeNotSatisfiableError(size)
     return start, min(end, size - 1)
 
 

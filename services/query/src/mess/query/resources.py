@@ -57,7 +57,9 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
         s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
         s3: S3Client = await exits.enter_async_context(
             get_session().create_client(
-                "s3", config=AioConfig(max_pool_connections=32, retries={"max_attempts": 2}), **s3_kwargs
+                "s3",
+                config=AioConfig(max_pool_connections=32, retries={"max_attempts": 2}, signature_version="s3v4"),
+                **s3_kwargs,
             )
         )
         # min_size 0: the pool connects lazily, so a Postgres that is still starting

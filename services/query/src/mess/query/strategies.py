@@ -269,12 +269,10 @@ def diverse(candidates: list[Candidate], vectors: FloatMatrix, k: int, lambda_: 
     return picks
 
 
-def kmeans(vectors: FloatMatrix, clusters: int, seed: int = 0, iterations: int = 25) -> npt.NDArray[np.int64]:
-    """Cluster labels by k-means (k-means++ start, spherical: on unit vectors), deterministic per seed."""
-    unit = _normalised(vectors).astype(np.float64)
+def _kmeans_once(
+    unit: npt.NDArray[np.float64], clusters: int, rng: np.random.Generator, iterations: int
+) -> tuple[float, npt.NDArray[np.int64]]:
     count = unit.shape[0]
-    clusters = min(clusters, count)
-    rng = np.random.default_rng(seed)
     centres = [unit[int(rng.integers(count))]]
     for _ in range(1, clusters):
         distance = np.min([np.sum((unit - c) ** 2, axis=1) for c in centres], axis=0)
@@ -282,18 +280,34 @@ def kmeans(vectors: FloatMatrix, clusters: int, seed: int = 0, iterations: int =
         index = int(rng.choice(count, p=distance / total)) if total > 0 else int(rng.integers(count))
         centres.append(unit[index])
     centre_matrix = np.array(centres)
-    labels = np.zeros(count, dtype=np.int64)
+    labels = np.full(count, -1, dtype=np.int64)
     for _ in range(iterations):
-        labels_new = np.argmax(unit @ centre_matrix.T, axis=1).astype(np.int64)
-        if np.array_equal(labels_new, labels) and _ > 0:
+        new_labels = np.argmax(unit @ centre_matrix.T, axis=1).astype(np.int64)
+        if np.array_equal(new_labels, labels):
             break
-        labels = labels_new
+        labels = new_labels
         for cluster in range(clusters):
             members = unit[labels == cluster]
             if len(members):
                 centre = members.mean(axis=0)
                 centre_matrix[cluster] = centre / max(float(np.linalg.norm(centre)), 1e-12)
-    return labels
+    cohesion = float(np.sum(unit * centre_matrix[labels]))  # total cosine to own centre
+    return cohesion, labels
+
+
+def kmeans(
+    vectors: FloatMatrix, clusters: int, seed: int = 0, iterations: int = 25, restarts: int = 5
+) -> npt.NDArray[np.int64]:
+    """Cluster labels by spherical k-means (k-means++ starts, on unit vectors).
+
+    Several starts, keeping the most cohesive, because one unlucky start can split a
+    big cluster and merge two small ones. Deterministic for a given seed.
+    """
+    unit = _normalised(vectors).astype(np.float64)
+    clusters = min(clusters, unit.shape[0])
+    rng = np.random.default_rng(seed)
+    best = max((_kmeans_once(unit, clusters, rng, iterations) for _ in range(restarts)), key=lambda r: r[0])
+    return best[1]
 
 
 def complementary(candidates: list[Candidate], vectors: FloatMatrix, k: int) -> list[Pick]:
