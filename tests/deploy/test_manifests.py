@@ -4,7 +4,8 @@ Each broken case copies the deployment files into a temporary tree, breaks one
 thing the way a person might (a typo, a dropped guarantee, an unquoted number,
 a missing lib), and runs the same script CI runs against that copy. The tools
 are real: kustomize (kubectl's), the Kubernetes JSON schemas, hadolint and
-docker-compose; no container engine or cluster is needed.
+docker-compose, and the services' own Settings classes; no container engine or
+cluster is needed.
 """
 
 import shutil
@@ -54,6 +55,7 @@ def test_the_real_tree_passes() -> None:
     assert "ScaledObject" in result.stdout and "HorizontalPodAutoscaler" in result.stdout
     assert "without POSTGRES_PASSWORD: refused" in result.stdout
     assert "hadolint: 4 Dockerfile(s) clean" in result.stdout
+    assert "docker-compose.yml: settings load: ingest" in result.stdout
 
 
 def test_an_unmodified_copy_passes(tmp_path: Path) -> None:
@@ -131,6 +133,20 @@ BROKEN_CASES: dict[str, tuple[str, Breakage, str]] = {
         "compose",
         lambda t: replace_once(t / "docker-compose.yml", "  read_only: true", "  readonly: true"),
         "readonly",
+    ),
+    "configmap_key_the_service_does_not_know": (
+        "settings",
+        lambda t: replace_once(
+            t / "deploy/k8s/base/kustomization.yaml", "MESS_QUERY_SEARCH_THREADS=2", "MESS_QUERY_SEARCH_THREAD=2"
+        ),
+        "MESS_QUERY_SEARCH_THREAD is not a setting of query",
+    ),
+    "compose_value_the_service_refuses": (
+        "settings",
+        lambda t: replace_once(
+            t / "docker-compose.yml", 'MESS_INGEST_DROP_SCAN_INTERVAL_S: "10"', 'MESS_INGEST_DROP_SCAN_INTERVAL_S: "-1"'
+        ),
+        "docker-compose.yml: ingest: drop_scan_interval_s",
     ),
     "dockerfile_forgets_a_lib": (
         "dockerfiles",
