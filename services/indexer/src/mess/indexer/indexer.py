@@ -230,10 +230,10 @@ class Indexer:
         if vectors.dim is not None:
             check_factory(self.settings.approximate_index, vectors.dim)
         self._mark_stale_index_types(stored, vectors)
+        await self.feed.seek(stored.manifest.offsets)
         self.vectors, self.base, self.latest = vectors, stored, latest
         self._pending = len(vectors.dirty_shards())
         self._first_pending_at = time.monotonic() if self._pending else None
-        await self.feed.seek(stored.manifest.offsets)
         self._update_gauges()
         log.info(
             "loaded snapshot %s: %d vectors in %d shards, model %s",
@@ -246,8 +246,8 @@ class Indexer:
     def _mark_stale_index_types(self, stored: StoredManifest, vectors: TrackVectors) -> None:
         """A shard whose index type the current settings would not choose is
         rebuilt at the next snapshot (settings changed since it was built)."""
-        if vectors.model is None:
-            return
+        if vectors.model is None or stored.manifest.shard_count != vectors.shard_count:
+            return  # nothing to build yet, or every shard is dirty already (re-sharded)
         present = {shard.shard: shard for shard in stored.manifest.shards}
         for number in range(vectors.shard_count):
             shard = present.get(number)
@@ -256,6 +256,13 @@ class Indexer:
                 flat_threshold=self.settings.flat_threshold,
                 approximate_factory=self.settings.approximate_index,
             )
+            if shard is not None and shard.index_factory != plan.factory:
+                log.warning(
+                    "shard %d is %s but the settings choose %s for it; it is rebuilt at the next snapshot",
+                    number,
+                    shard.index_factory,
+                    plan.factory,
+                )
             if shard is None or shard.index_factory != plan.factory:
                 vectors.mark_dirty([number])
 

@@ -118,8 +118,11 @@ class StoredManifest:
         return keys
 
 
-@dataclass(frozen=True)
+@dataclass
 class PublishLease:
+    """The lease as last written; renewing updates it in place, so whoever
+    releases it later holds the current ETag."""
+
     owner: str
     etag: str
     expires_at: float
@@ -305,8 +308,9 @@ class SnapshotStore:
             raise LeaseHeldError(f"{held.get('owner')} holds the publish lease for another {remaining:.0f}s")
         return self._put_lease(owner, ttl_seconds, {"IfMatch": response["ETag"]})
 
-    def renew_lease(self, lease: PublishLease, ttl_seconds: float) -> PublishLease:
-        return self._put_lease(lease.owner, ttl_seconds, {"IfMatch": lease.etag})
+    def renew_lease(self, lease: PublishLease, ttl_seconds: float) -> None:
+        renewed = self._put_lease(lease.owner, ttl_seconds, {"IfMatch": lease.etag})
+        lease.etag, lease.expires_at = renewed.etag, renewed.expires_at
 
     def release_lease(self, lease: PublishLease) -> None:
         try:

@@ -173,7 +173,7 @@ def publish_snapshot(
         )
         clocks[contents.shard] = files[3]
         # A long build must not let the lease lapse under us.
-        lease = store.renew_lease(lease, lease_ttl_seconds)
+        store.renew_lease(lease, lease_ttl_seconds)
 
     if checkpoint.model is not None:
         base = checkpoint.base
