@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -108,7 +109,7 @@ def _garbled_ogg() -> bytes:
     return bytes(audio)
 
 
-BAD_AUDIO = {
+BAD_AUDIO: dict[str, Callable[[], bytes]] = {
     "not_audio": lambda: b"this is a text file, not music\n" * 200,
     "corrupt_flac": _corrupt_flac,
     "corrupt_ogg": _garbled_ogg,

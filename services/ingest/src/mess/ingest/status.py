@@ -108,7 +108,7 @@ class TrackStatusFollower:
     def build_broker(self) -> KafkaBroker:
         broker = KafkaBroker(
             self.settings.stack.kafka_servers,
-            request_timeout_ms=self.settings.kafka_timeout_ms,
+            # Not kafka_timeout_ms: a JoinGroup answer may wait out the group's rebalance, so this must exceed it.
             client_id="mess-ingest-status",
             log_level=logging.DEBUG,  # faststream logs every message at its level; keep that out of INFO
         )

@@ -1,0 +1,164 @@
+"""Track status from TrackEmbedded, TrackFailed and SnapshotPublished, consumed from the real broker."""
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
+from mess.contracts.events import (
+    Event,
+    ModelIdentity,
+    SnapshotCounts,
+    SnapshotPublished,
+    TrackEmbedded,
+    TrackFailed,
+)
+from mess.contracts.storage import ShardManifest, SnapshotManifest, StoredFile, manifest_key, snapshot_dir
+from mess.runtime.endpoints import StackSettings
+
+from .service_harness import RunningIngest, ingest_settings, read_topic, running_ingest, tone, wait_until
+
+MODEL = ModelIdentity(name="dsp", revision="test", dim=4, pooling="mean")
+
+
+async def publish(
+    stack: StackSettings, topic: str, *messages: Event | tuple[bytes, bytes], partition: int | None = None
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    try:
+        for message in messages:
+            if isinstance(message, Event):
+                await producer.send_and_wait(topic, message.to_bytes(), key=message.key().encode(), partition=partition)
+            else:
+                key, value = message
+                await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def upload(service: RunningIngest, hz: float) -> tuple[str, str]:
+    audio = tone(hz=hz)
+    async with service.client() as client:
+        answer = await client.post("/tracks", files={"file": ("t.wav", audio)})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["track_id"], hashlib.sha256(audio).hexdigest()
+
+
+async def status_of(service: RunningIngest, track_id: str) -> dict[str, Any]:
+    async with service.client() as client:
+        answer = await client.get(f"/tracks/{track_id}/status")
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def put_snapshot(stack: StackSettings, version: str, track_ids: list[str], corrupt_ids: bool = False) -> str:
+    """A snapshot as the indexer lays it out, with only the files status reads being real (the id list)."""
+    kwargs: dict[str, Any] = stack.s3_client_kwargs()
+    s3 = boto3.client("s3", **kwargs)
+    ids = json.dumps(track_ids).encode()
+    ids_key = snapshot_dir(version) + "shard-0000.ids.json"
+    s3.put_object(Bucket=stack.bucket, Key=ids_key, Body=ids + (b" " if corrupt_ids else b""))
+    placeholder = StoredFile(key=snapshot_dir(version) + "unused", sha256="0" * 64, size_bytes=0)
+    manifest = SnapshotManifest(
+        version=version,
+        created_at=datetime.now(UTC),
+        model=MODEL,
+        dim=MODEL.dim,
+        shard_count=1,
+        vector_count=len(track_ids),
+        shards=[
+            ShardManifest(
+                shard=0,
+                count=len(track_ids),
+                index_factory="Flat",
+                index=placeholder,
+                ids=StoredFile(key=ids_key, sha256=hashlib.sha256(ids).hexdigest(), size_bytes=len(ids)),
+                vectors=placeholder,
+                built_in=version,
+            )
+        ],
+    )
+    s3.put_object(Bucket=stack.bucket, Key=manifest_key(version), Body=manifest.model_dump_json().encode())
+    return f"s3://{stack.bucket}/{manifest_key(version)}"
+
+
+def embedded(track_id: str, sha256: str) -> TrackEmbedded:
+    return TrackEmbedded(track_id=track_id, sha256=sha256, model=MODEL, vector=np.ones(4, dtype=np.float32))
+
+
+async def test_track_moves_registered_embedded_indexed(stack: StackSettings) -> None:
+    async with running_ingest(ingest_settings(stack, status_enabled=True)) as service:
+        track_id, sha256 = await upload(service, 220.0)
+        assert (await status_of(service, track_id))["status"] == "registered"
+
+        await publish(stack, stack.topics.tracks_embedded, embedded(track_id, sha256))
+        await wait_until(lambda: _has_status(service, track_id, "embedded"), "never embedded")
+
+        manifest_uri = put_snapshot(stack, "000000000001", [track_id, "some-other-track"])
+        snapshot = SnapshotPublished(
+            version="000000000001", manifest_uri=manifest_uri, counts=SnapshotCounts(vectors=2, shards=1), model=MODEL
+        )
+        await publish(stack, stack.topics.index_snapshots, snapshot)
+        status = await wait_until(lambda: _has_status(service, track_id, "indexed"), "never indexed")
+        assert status["snapshot_version"] == "000000000001"
+
+        # Late, replayed events do not move an indexed track back. Each is followed, in the same partition,
+        # by an event for a marker track: once the marker has moved, the late event was handled before it.
+        marker, marker_sha256 = await upload(service, 230.0)
+        late_failure = TrackFailed(track_id=track_id, stage="embed", error_kind="decode", error="late")
+        marker_failure = TrackFailed(track_id=marker, stage="embed", error_kind="decode", error="marker")
+        await publish(stack, stack.topics.tracks_failed, late_failure, marker_failure, partition=0)
+        await wait_until(lambda: _has_status(service, marker, "failed"), "marker never failed")
+        late = embedded(track_id, sha256)
+        await publish(stack, stack.topics.tracks_embedded, late, embedded(marker, marker_sha256), partition=0)
+        await wait_until(lambda: _has_status(service, marker, "embedded"), "marker never embedded")
+        assert (await status_of(service, track_id))["status"] == "indexed"
+
+
+async def test_downstream_failure_is_recorded_with_stage_and_reason(stack: StackSettings) -> None:
+    async with running_ingest(ingest_settings(stack, status_enabled=True)) as service:
+        track_id, sha256 = await upload(service, 240.0)
+        failure = TrackFailed(track_id=track_id, stage="embed", error_kind="decode", error="libsndfile gave up")
+        await publish(stack, stack.topics.tracks_failed, failure)
+        status = await wait_until(lambda: _has_status(service, track_id, "failed"), "never failed")
+        assert status["failure_stage"] == "embed"
+        assert status["failure_reason"] == "decode: libsndfile gave up"
+        # A retry that succeeded later wins.
+        await publish(stack, stack.topics.tracks_embedded, embedded(track_id, sha256))
+        await wait_until(lambda: _has_status(service, track_id, "embedded"), "never embedded after the failure")
+
+
+async def test_poison_messages_are_dead_lettered_and_do_not_block(stack: StackSettings) -> None:
+    async with running_ingest(ingest_settings(stack, status_enabled=True)) as service:
+        track_id, sha256 = await upload(service, 250.0)
+        bad_snapshot = SnapshotPublished(
+            version="000000000007",
+            manifest_uri=put_snapshot(stack, "000000000007", [track_id], corrupt_ids=True),
+            counts=SnapshotCounts(vectors=1, shards=1),
+            model=MODEL,
+        )
+        await publish(stack, stack.topics.tracks_embedded, (track_id.encode(), b'{"track_id": "x", "vector": 3}'))
+        await publish(stack, stack.topics.index_snapshots, bad_snapshot)
+        # Behind the poison, in the same partitions: still handled.
+        await publish(stack, stack.topics.tracks_embedded, embedded(track_id, sha256))
+        await wait_until(lambda: _has_status(service, track_id, "embedded"), "blocked behind the poison")
+
+        letters = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_failed, at_least=2)
+        kinds = sorted(TrackFailed.from_bytes(r.value).error_kind for r in letters)
+        assert kinds == ["bad_snapshot", "malformed_event"]
+        malformed = next(TrackFailed.from_bytes(r.value) for r in letters if b"malformed_event" in r.value)
+        assert malformed.source_topic == stack.topics.tracks_embedded
+        assert malformed.original_payload == '{"track_id": "x", "vector": 3}'
+        assert malformed.track_id == track_id  # recognised from the message key
+        assert (await status_of(service, track_id))["status"] == "embedded"  # the bad snapshot changed nothing
+
+
+async def _has_status(service: RunningIngest, track_id: str, wanted: str) -> dict[str, Any] | None:
+    status = await status_of(service, track_id)
+    return status if status["status"] == wanted else None
