@@ -161,19 +161,23 @@ def snapshot_ids(store: SnapshotStore, version: str) -> list[str]:
     return ids
 
 
-async def read_topic(stack: StackSettings, topic: str, model: type[Event], count: int) -> list[Any]:
-    """The first ``count`` events on ``topic`` (from the beginning)."""
+async def read_topic(
+    stack: StackSettings, topic: str, model: type[Event], enough: int | Callable[[list[Any]], bool]
+) -> list[Any]:
+    """Events on ``topic`` from the beginning, until there are ``enough`` (a
+    count, or a test of what arrived). Partitions interleave in any order."""
+    done = enough if callable(enough) else (lambda events: len(events) >= enough)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     events: list[Any] = []
     try:
         async with asyncio.timeout(30):
-            while len(events) < count:
+            while not done(events):
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     events.extend(model.from_bytes(r.value) for r in records)
     except TimeoutError:
-        raise AssertionError(f"only {len(events)} of {count} events arrived on {topic}") from None
+        raise AssertionError(f"{len(events)} events on {topic} were not enough") from None
     finally:
         await consumer.stop()
     return events
@@ -183,8 +187,15 @@ async def dead_letters(stack: StackSettings, count: int) -> list[TrackFailed]:
     return await read_topic(stack, stack.topics.tracks_failed, TrackFailed, count)
 
 
-async def announcements(stack: StackSettings, count: int) -> list[SnapshotPublished]:
-    return await read_topic(stack, stack.topics.index_snapshots, SnapshotPublished, count)
+async def announced_versions(stack: StackSettings, *versions: str) -> set[str]:
+    """Versions announced on the snapshots topic, read until all of ``versions`` arrived."""
+    events = await read_topic(
+        stack,
+        stack.topics.index_snapshots,
+        SnapshotPublished,
+        lambda events: set(versions) <= {e.version for e in events},
+    )
+    return {e.version for e in events}
 
 
 async def consumed_everything(indexer: Indexer) -> bool:
