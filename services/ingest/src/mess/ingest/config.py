@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         default=1e-4, ge=0, lt=1, description="audio whose absolute peak stays below this (~-80 dBFS) is silent"
     )
     max_field_chars: int = Field(default=2000, ge=1, description="longest metadata form field accepted")
+    upload_concurrency: int = Field(
+        default=8, ge=1, le=1024, description="uploads received at once; more wait (their bodies stay in TCP buffers)"
+    )
     spool_memory_bytes: int = Field(
         default=1024**2, ge=0, description="an upload is kept in memory up to this size, then spooled to disk"
     )

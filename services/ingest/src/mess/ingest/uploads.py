@@ -212,10 +212,16 @@ class UploadIntake:
         self.store = store
         self.registry = registry
         self.limits = AudioLimits(settings.min_duration_s, settings.max_duration_s, settings.silence_peak)
+        # Each upload holds up to one S3 part and one spool's worth of memory, and decoding is CPU-bound.
+        self._slots = asyncio.Semaphore(settings.upload_concurrency)
 
     async def accept(self, request: Request) -> UploadResult:
         boundary = self._boundary(request)
         self._check_declared_length(request)
+        async with self._slots:
+            return await self._accept(request, boundary)
+
+    async def _accept(self, request: Request, boundary: bytes) -> UploadResult:
         staged = self.store.staged_upload()
         spool = tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes)  # noqa: SIM115 - closed below
         kept = False
