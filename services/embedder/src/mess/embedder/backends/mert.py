@@ -210,15 +210,21 @@ def inspect_checkpoint(directory: Path, name: str | None = None) -> MertCheckpoi
     )
 
 
-def weights_sha256(files: Sequence[Path]) -> str:
-    """sha256 over the weight files in name order: the model's revision."""
+def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            while block := handle.read(8 * 1024 * 1024):
-                digest.update(block)
+    with path.open("rb") as handle:
+        while block := handle.read(8 * 1024 * 1024):
+            digest.update(block)
     return digest.hexdigest()
+
+
+def weights_sha256(files: Sequence[Path]) -> str:
+    """The model's revision: the sha256 of its weight file (``sha256sum`` gives the same), or
+    for a sharded checkpoint the sha256 of the ``name:sha256`` lines of its shards in name order."""
+    if len(files) == 1:
+        return _file_sha256(files[0])
+    lines = "".join(f"{path.name}:{_file_sha256(path)}\n" for path in sorted(files, key=lambda p: p.name))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def _load_state_dict(files: Sequence[Path]) -> dict[str, torch.Tensor]:
