@@ -76,6 +76,7 @@ async def test_same_content_twice_is_one_track_and_one_event(stack: StackSetting
     assert second.status_code == 200, second.text
     assert second.json()["track_id"] == first.json()["track_id"]
     assert second.json()["created"] is False
+    assert second.json()["duration_s"] == pytest.approx(first.json()["duration_s"])
 
     await outbox_drained(stack)
     records = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_added, at_least=1)

@@ -96,6 +96,7 @@ class Registration:
     status: TrackStatusName
     announced: bool  # this call queued a TrackAdded
     existing: bool  # the content was registered before this call
+    duration_s: float | None = None
 
 
 class TrackStatus(BaseModel):
@@ -374,14 +375,16 @@ class TrackRegistry:
     async def existing_content(self, sha256: str) -> Registration | None:
         """The live track holding this content, if any (a removed or rejected one does not count)."""
         async with self.db.connection() as connection:
-            row = await connection.fetchrow("SELECT id, status, failure_stage FROM tracks WHERE sha256 = $1", sha256)
+            row = await connection.fetchrow(
+                "SELECT id, status, failure_stage, duration_s FROM tracks WHERE sha256 = $1", sha256
+            )
         if (
             row is None
             or row["status"] == "removed"
             or (row["status"] == "failed" and row["failure_stage"] == "ingest")
         ):
             return None
-        return Registration(row["id"], row["status"], announced=False, existing=True)
+        return Registration(row["id"], row["status"], announced=False, existing=True, duration_s=row["duration_s"])
 
     async def settled_drops(self, objects: list[DropSource]) -> set[str]:
         """Keys among ``objects`` already ingested, or rejected in the same version (etag)."""

@@ -228,15 +228,16 @@ class UploadIntake:
         try:
             form = await self._receive(request, boundary, staged, spool)
             metadata = metadata_from_form(form.fields, form.filename, self.settings.max_field_chars)
+            sha256 = form.sha256
+            # Known content was validated when it first came: answer without decoding it again.
+            existing = await self.registry.existing_content(sha256)
+            if existing is not None:
+                return UploadResult(existing, sha256, form.file_bytes, existing.duration_s)
             spool.seek(0)
             try:
                 facts = await asyncio.to_thread(inspect_audio, spool, self.limits)
             except UnacceptableAudioError as exc:
                 raise UploadError(415, exc.kind, exc.message) from exc
-            sha256 = form.sha256
-            existing = await self.registry.existing_content(sha256)
-            if existing is not None:
-                return UploadResult(existing, sha256, form.file_bytes, facts.duration_s)
             audio_uri = await self.store.promote(staged, sha256, facts.extension)
             kept = True
             candidate = TrackCandidate(
