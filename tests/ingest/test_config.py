@@ -35,6 +35,8 @@ def test_inconsistent_limits_are_refused() -> None:
         Settings(s3_part_bytes=1024)  # S3 parts are at least 5 MiB
 
 
-def test_status_group_carries_the_topic_prefix() -> None:
+def test_status_group_carries_the_topic_prefix_unless_given() -> None:
     settings = Settings.model_validate({"stack": {"topic_prefix": "t123."}})
-    assert settings.status_group_id == "t123.mess-ingest-status"
+    assert settings.status_consumer_group == "t123.mess-ingest-status"
+    given = Settings.model_validate({"stack": {"topic_prefix": "t123."}, "status_group_id": "analytics-copy"})
+    assert given.status_consumer_group == "analytics-copy"

@@ -19,6 +19,7 @@ _MIN_PRODUCTION_KEY_CHARS = 16
 # One CopyObject call moves at most 5 GiB; larger audio would need a multipart copy.
 _MAX_COPYABLE_BYTES = 5 * 1024**3
 _S3_MIN_PART_BYTES = 5 * 1024**2
+DEFAULT_STATUS_GROUP = "mess-ingest-status"
 
 
 class Settings(BaseSettings):
@@ -90,8 +91,10 @@ class Settings(BaseSettings):
 
     # --- track status (TrackEmbedded, TrackFailed, SnapshotPublished) -------
     status_enabled: bool = True
-    status_group: str = Field(
-        default="mess-ingest-status", min_length=1, description="consumer group (topic prefix is prepended)"
+    status_group_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="status consumer group, used as given; unset: the topic prefix + mess-ingest-status",
     )
     status_attempts: int = Field(default=4, ge=1, description="tries per event before it is dead-lettered")
 
@@ -125,6 +128,6 @@ class Settings(BaseSettings):
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
 
     @property
-    def status_group_id(self) -> str:
-        """The consumer group, carrying the topic prefix so that tests and tenants never share one."""
-        return self.stack.topic_prefix + self.status_group
+    def status_consumer_group(self) -> str:
+        """The status consumer's group; by default it carries the topic prefix, so tests and tenants never share one."""
+        return self.status_group_id or f"{self.stack.topic_prefix}{DEFAULT_STATUS_GROUP}"

@@ -116,7 +116,7 @@ class TrackStatusFollower:
             self.topics.tracks_embedded,
             self.topics.tracks_failed,
             self.topics.index_snapshots,
-            group_id=self.settings.status_group_id,
+            group_id=self.settings.status_consumer_group,
             auto_offset_reset="earliest",
             # Commit after handling; an exception (the dead letter itself could not be sent) rewinds to it.
             ack_policy=AckPolicy.NACK_ON_ERROR,
