@@ -146,7 +146,7 @@ def query_settings(stack: StackSettings, tmp_path: Path) -> Callable[..., Settin
             "stack": stack,
             "snapshot_cache_dir": tmp_path / "snapshots",
             "snapshot_poll_s": 30.0,
-            "analytics_retry_s": 0.5,
+            "broker_retry_s": 0.5,
             **overrides,
         }
         return Settings(**values)

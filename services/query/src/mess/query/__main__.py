@@ -10,7 +10,13 @@ from mess.runtime.logging import configure_logging
 def main() -> None:
     settings = Settings()
     configure_logging("query", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.access_log,
+    )
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class AnalyticsPublisher:
             bootstrap_servers=self._settings.stack.kafka_servers,
             client_id=f"mess-query-{uuid.uuid4().hex[:8]}",
             request_timeout_ms=self._settings.kafka_timeout_ms,
-            linger_ms=5,  # batch bursts; analytics can wait a few milliseconds
+            linger_ms=50,  # batch events: analytics can wait, and one produce request per event is costly
             acks=1,
         )
         try:
@@ -118,7 +118,7 @@ class AnalyticsPublisher:
         while True:
             if self._producer is None and not await self._connect():
                 self._drain("broker_unavailable")
-                await asyncio.sleep(self._settings.analytics_retry_s)
+                await asyncio.sleep(self._settings.broker_retry_s)
                 continue
             assert self._producer is not None
             event = await self._queue.get()

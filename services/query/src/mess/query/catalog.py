@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict
 
 from mess.contracts.ids import is_track_id
 from mess.query.metrics import QueryMetrics
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, dataset, title, composer, composer_full, work, movement, era, form, key, instrument, performer, "
@@ -166,10 +169,17 @@ class TrackCatalog:
             yield connection
         except asyncpg.UndefinedTableError as exc:
             raise CatalogUnavailableError("the track registry has no tracks table yet (ingest creates it)") from exc
+        except (TimeoutError, asyncpg.QueryCanceledError) as exc:
+            raise CatalogUnavailableError("the track registry did not answer in time") from exc
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             raise CatalogUnavailableError(f"the track registry connection failed: {exc}") from exc
         finally:
-            await self.pool.release(connection)
+            try:
+                await self.pool.release(connection)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The rows are already read; a connection that fails to go back is
+                # closed by the pool, and this request's answer stands.
+                log.warning("Postgres connection not returned cleanly to the pool: %r", exc)
 
     async def ping(self) -> bool:
         try:

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"
+    access_log: bool = Field(default=False, description="one log line per request (costly at high rates)")
     stack: StackSettings = Field(default_factory=StackSettings)
 
     # --- snapshots -----------------------------------------------------------
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     # --- analytics (RecommendationServed) ------------------------------------
     analytics_enabled: bool = True
     analytics_queue_size: int = Field(default=10_000, ge=1, description="events waiting for the broker; more drop")
-    analytics_retry_s: float = Field(default=5.0, gt=0, description="wait between broker connection attempts")
+    broker_retry_s: float = Field(default=5.0, gt=0, description="wait between broker (re)connection attempts")
     kafka_timeout_ms: int = Field(default=5000, ge=100, description="broker request timeout")
 
     # --- audio and waveforms -------------------------------------------------

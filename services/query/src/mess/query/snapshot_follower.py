@@ -204,7 +204,7 @@ class SnapshotFollower:
                 log.warning("snapshot events unavailable (%s); retrying, LATEST polls continue", exc)
             finally:
                 await consumer.stop()
-            await asyncio.sleep(self._settings.analytics_retry_s)
+            await asyncio.sleep(self._settings.broker_retry_s)
 
     async def _load_loop(self) -> None:
         while True:

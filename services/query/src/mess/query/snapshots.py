@@ -14,14 +14,16 @@ is retried at the next announcement or poll.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import faiss
 import numpy as np
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_CACHED_NAME = re.compile(r"[0-9a-f]{64}\.(faiss|json|npy)")
 
 
 class SnapshotRefusedError(Exception):
@@ -116,13 +119,19 @@ class SnapshotStore:
         partial = self.cache_dir / f".{stored.sha256}.{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         size = 0
+
+        def keep(out: BinaryIO, chunk: bytes) -> None:
+            digest.update(chunk)
+            out.write(chunk)
+
         try:
             response = await self.s3.get_object(Bucket=bucket, Key=stored.key)
             async with response["Body"] as body:
                 with partial.open("wb") as out:
                     while chunk := await body.read(_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
+                        # Hashing and writing a megabyte takes milliseconds: off the event loop,
+                        # so requests keep flowing while a large snapshot downloads.
+                        await asyncio.to_thread(keep, out, chunk)
                         size += len(chunk)
         except ClientError as exc:
             partial.unlink(missing_ok=True)
@@ -149,7 +158,8 @@ class SnapshotStore:
         if not self.cache_dir.exists():
             return 0
         for path in self.cache_dir.iterdir():
-            if path.is_file() and path not in keep and not path.name.startswith("."):
+            # Only files this store named (sha256 + suffix): the folder may hold other things.
+            if path.is_file() and path not in keep and _CACHED_NAME.fullmatch(path.name):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
