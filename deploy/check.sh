@@ -11,8 +11,9 @@
 #    every object against the Kubernetes $MESS_K8S_VERSION JSON schemas (strict), KEDA's
 #    ScaledObject against deploy/schemas, and the rules in deploy/validate_manifests.py.
 # 3. Compose: `docker compose config` (or docker-compose v1 where the plugin is missing)
-#    with every required secret set, then the result against the compose-spec schema,
-#    then once with each required secret unset, which must fail.
+#    with every required secret set, for the file alone and with each override in
+#    deploy/compose/ on top, each result against the compose-spec schema; then once
+#    with each required secret unset, which must fail.
 # 4. Settings: the environment every overlay and the compose file give each service
 #    loads into that service's own Settings, with no MESS_* name it would ignore
 #    (needs the workspace installed in .venv: `make install`).
@@ -154,26 +155,38 @@ if wants k8s || wants settings; then
 fi
 
 # --- 3. Compose ----------------------------------------------------------------
-compose_config=""
+compose_configs=()
 if wants compose || wants settings; then
   compose_tool || fail "no compose"
   if [ "${#COMPOSE[@]}" -gt 0 ]; then
-    step "docker-compose.yml: ${COMPOSE[*]} config"
     compose_env=(POSTGRES_PASSWORD=check-postgres MINIO_ROOT_PASSWORD=check-minio-secret
                  MESS_INGEST_API_KEYS=check-api-key-0123456789)
     # Only the variables given here: a value in the caller's environment must
     # not hide a missing default.
     unset_all=(); for var in "${REQUIRED_COMPOSE_VARS[@]}"; do unset_all+=(-u "$var"); done
-    if (cd "$ROOT" && env "${unset_all[@]}" "${compose_env[@]}" "${COMPOSE[@]}" -f docker-compose.yml config) \
-        > "$WORK/compose.yml" 2> "$WORK/compose.err"; then
-      echo "compose config: $(grep -c '^  [a-z]' "$WORK/compose.yml") services and volumes"
-      compose_config="$WORK/compose.yml"
-      (cd "$WORK" && "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yml) \
-        || fail "docker-compose.yml does not match the compose-spec schema"
-    else
-      cat "$WORK/compose.err" >&2
-      fail "compose config"
-    fi
+    # The file alone, then with each override in deploy/compose/ on top.
+    variants=("docker-compose.yml")
+    for override in "$ROOT"/deploy/compose/*.yml; do
+      [ -e "$override" ] && variants+=("docker-compose.yml deploy/compose/$(basename "$override")")
+    done
+    for variant in "${variants[@]}"; do
+      step "${variant// / + }: ${COMPOSE[*]} config"
+      files=(); for file in $variant; do files+=(-f "$file"); done
+      label="docker-compose.yml"
+      [ "$variant" = docker-compose.yml ] || label="docker-compose.yml+$(basename "${variant##* }")"
+      mkdir -p "$WORK/compose"
+      out="$WORK/compose/$label"
+      if (cd "$ROOT" && env "${unset_all[@]}" "${compose_env[@]}" "${COMPOSE[@]}" "${files[@]}" config) \
+          > "$out" 2> "$WORK/compose.err"; then
+        echo "compose config: $(grep -c '^  [a-z]' "$out") services and volumes"
+        compose_configs+=("$out")
+        (cd "$WORK/compose" && "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$label") \
+          || fail "$variant does not match the compose-spec schema"
+      else
+        cat "$WORK/compose.err" >&2
+        fail "compose config ($variant)"
+      fi
+    done
     for var in "${REQUIRED_COMPOSE_VARS[@]}"; do
       wants compose || break
       others=(); for kv in "${compose_env[@]}"; do [ "${kv%%=*}" = "$var" ] || others+=("$kv"); done
@@ -195,7 +208,7 @@ if wants settings; then
   step "Settings: what each deployment sets, loaded by each service's Settings"
   settings_args=()
   for rendered in "${rendered_overlays[@]}"; do settings_args+=(--k8s "$rendered"); done
-  [ -z "$compose_config" ] || settings_args+=(--compose "$compose_config")
+  for config in "${compose_configs[@]}"; do settings_args+=(--compose "$config"); done
   if [ "${#settings_args[@]}" -gt 0 ]; then
     "$PY" "$HERE/check_settings.py" "${settings_args[@]}" || fail "settings"
   else

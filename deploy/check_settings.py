@@ -10,7 +10,7 @@ environment (one interpreter for all of them), loads ``mess.<service>.config.Set
 be one of its fields or one of ``StackSettings``', and the settings must
 validate (so a value out of range fails here, not at the pod's start-up).
 
-Usage: python check_settings.py [--k8s RENDERED.yaml ...] [--compose CONFIG.yml]
+Usage: python check_settings.py [--k8s RENDERED.yaml ...] [--compose CONFIG.yml ...]
 """
 
 import argparse
@@ -119,11 +119,12 @@ def problems_of(cases: list[tuple[str, dict[str, str]]]) -> list[list[str]]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--k8s", type=Path, action="append", default=[], help="a rendered overlay")
-    parser.add_argument("--compose", type=Path, help="the output of `docker compose config`")
+    parser.add_argument(
+        "--compose", type=Path, action="append", default=[], help="the output of `docker compose config`"
+    )
     args = parser.parse_args(argv)
     sources = [(path.name, environments_k8s(path)) for path in args.k8s]
-    if args.compose:
-        sources.append(("docker-compose.yml", environments_compose(args.compose)))
+    sources += [(path.name, environments_compose(path)) for path in args.compose]
     cases = [(service, env) for _, environments in sources for service, env in environments.items()]
     answers = iter(problems_of(cases))
     failed = False

@@ -56,6 +56,7 @@ def test_the_real_tree_passes() -> None:
     assert "without POSTGRES_PASSWORD: refused" in result.stdout
     assert "hadolint: 4 Dockerfile(s) clean" in result.stdout
     assert "docker-compose.yml: settings load: ingest" in result.stdout
+    assert "docker-compose.yml+gpu.yml: settings load: ingest" in result.stdout
 
 
 def test_an_unmodified_copy_passes(tmp_path: Path) -> None:
@@ -147,6 +148,13 @@ BROKEN_CASES: dict[str, tuple[str, Breakage, str]] = {
             t / "docker-compose.yml", 'MESS_INGEST_DROP_SCAN_INTERVAL_S: "10"', 'MESS_INGEST_DROP_SCAN_INTERVAL_S: "-1"'
         ),
         "docker-compose.yml: ingest: drop_scan_interval_s",
+    ),
+    "gpu_override_key_the_embedder_does_not_know": (
+        "settings",
+        lambda t: replace_once(
+            t / "deploy/compose/gpu.yml", "MESS_EMBEDDER_DEVICE: cuda", "MESS_EMBEDDER_DEVICES: cuda"
+        ),
+        "docker-compose.yml+gpu.yml: embedder: MESS_EMBEDDER_DEVICES is not a setting of embedder",
     ),
     "dockerfile_forgets_a_lib": (
         "dockerfiles",
