@@ -16,7 +16,9 @@ UPLOAD_SECONDS = Histogram(
 DROPPED_OBJECTS = Counter("mess_ingest_dropped_objects_total", "objects under the drop prefix handled", ["outcome"])
 SQS_NOTICES = Counter("mess_ingest_sqs_notices_total", "SQS messages handled", ["outcome"])
 OUTBOX_PUBLISHED = Counter("mess_ingest_outbox_published_total", "outbox events published to the broker", ["topic"])
-OUTBOX_PENDING = Gauge("mess_ingest_outbox_pending", "outbox events not yet published (as last seen by the relay)")
+OUTBOX_PENDING = Gauge(
+    "mess_ingest_outbox_pending", "outbox events not yet published (sampled by the active relay every few seconds)"
+)
 RELAY_FAILURES = Counter("mess_ingest_relay_failures_total", "relay rounds that failed", ["cause"])
 STATUS_EVENTS = Counter("mess_ingest_status_events_total", "status events consumed", ["event", "outcome"])
 REANNOUNCED = Counter("mess_ingest_reannounced_total", "tracks re-announced by the reconciler")

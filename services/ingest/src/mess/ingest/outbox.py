@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CLEANUP_EVERY_S = 600.0
+_MEASURE_PENDING_EVERY_S = 5.0
 _PRODUCER_STOP_TIMEOUT_S = 5.0
 
 
@@ -43,6 +44,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._last_cleanup = 0.0
+        self._last_measured = 0.0
         self.is_leader = False
 
     async def run(self) -> None:
@@ -97,15 +99,15 @@ class OutboxRelay:
 
     async def publish_pending(self, connection: asyncpg.Connection[asyncpg.Record]) -> int:
         """Publish one batch of pending rows in order; returns how many were published and marked."""
-        pending = int(await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
-        metrics.OUTBOX_PENDING.set(pending)
-        if pending == 0:
-            return 0
+        await self._measure_pending(connection)
         rows = await connection.fetch(
             "SELECT id, topic, key, payload::text AS payload FROM outbox "
             "WHERE published_at IS NULL ORDER BY id LIMIT $1",
             self.settings.relay_batch,
         )
+        if not rows:
+            metrics.OUTBOX_PENDING.set(0)
+            return 0
         producer = await self._ready_producer()
         deliveries: list[asyncio.Future[Any]] = []
         send_error: BaseException | None = None
@@ -134,10 +136,18 @@ class OutboxRelay:
             await connection.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", acknowledged
             )
-            metrics.OUTBOX_PENDING.set(pending - len(acknowledged))
         if send_error is not None:
             raise send_error
         return len(acknowledged)
+
+    async def _measure_pending(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
+        # count(*) walks the whole backlog, which after a long outage is large: measure now and then, not per batch.
+        now = time.monotonic()
+        if now - self._last_measured < _MEASURE_PENDING_EVERY_S:
+            return
+        self._last_measured = now
+        pending = await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        metrics.OUTBOX_PENDING.set(int(pending))
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
