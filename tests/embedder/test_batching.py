@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -101,3 +102,33 @@ async def test_failed_forward_fails_its_tracks_and_the_batcher_goes_on_with_fake
         finally:
             await batcher.stop()
     assert healthy[:, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+class SlowFakeModel(RecordingFakeModel):
+    def embed_chunks(self, chunks: ChunkBatch, lengths: ChunkLengths) -> ChunkVectors:
+        time.sleep(1.0)  # a long GPU batch, as the model thread sees it
+        return super().embed_chunks(chunks, lengths)
+
+
+async def test_event_loop_keeps_running_during_a_long_forward_with_fake_model() -> None:
+    """Kafka heartbeats and HTTP are served by the event loop; a forward must never block it."""
+    model = SlowFakeModel()
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    with ThreadPoolExecutor(1) as pool:
+        batcher = ChunkBatcher(model, pool, batch_size=4, max_wait_s=0.0)
+        await batcher.start()
+        beats = asyncio.create_task(heartbeat())
+        try:
+            await batcher.embed(track([1.0]))
+        finally:
+            beats.cancel()
+            await batcher.stop()
+    # About 50 ticks fit in one second; a blocked loop would manage one or two.
+    assert ticks >= 20

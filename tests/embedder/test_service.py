@@ -127,6 +127,8 @@ def test_events_in_vectors_and_dead_letters_out(
 
     assert 'mess_embedder_failures_total{kind="decode"} 1.0' in metrics
     assert 'mess_embedder_tracks_total{outcome="embedded"} 3.0' in metrics
+    assert "mess_embedder_consumer_lag{" in metrics
+    assert "mess_embedder_batch_chunks_count" in metrics
 
 
 def test_mert_service_embeds_with_the_checkpoints_identity(

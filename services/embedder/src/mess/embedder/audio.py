@@ -69,6 +69,7 @@ def decode(data: bytes, limits: AudioLimits) -> DecodedAudio:
             # vector is an average anyway, and memory stays bounded.
             max_frames = int(limits.max_seconds * sample_rate)
             pieces: list[Mono] = []
+            mix = np.full(channels, 1.0 / channels, dtype=np.float32)
             remaining = max_frames + 1
             while remaining > 0:
                 # Mixed to mono block by block so a long multichannel file
@@ -76,7 +77,8 @@ def decode(data: bytes, limits: AudioLimits) -> DecodedAudio:
                 block = handle.read(frames=min(_DECODE_BLOCK, remaining), dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
                     break
-                pieces.append(block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy())
+                # A matrix-vector product: numpy's mean over a 2-wide axis is several times slower.
+                pieces.append(block @ mix if channels > 1 else block[:, 0].copy())
                 remaining -= block.shape[0]
     except AudioRejectedError:
         raise
