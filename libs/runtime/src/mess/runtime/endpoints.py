@@ -8,7 +8,7 @@ loopback ports; nothing in a service hard-codes a URL.
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mess.contracts.topics import Topics
@@ -31,11 +31,19 @@ class StackSettings(BaseSettings):
         default="http://127.0.0.1:5000", description="unset for AWS itself; MinIO or moto otherwise"
     )
     s3_region: str = "us-east-1"
-    aws_access_key_id: str = "mess-local"
-    aws_secret_access_key: SecretStr = SecretStr("mess-local-secret")
+    # Static keys for MinIO or moto. Set both empty on AWS so the default
+    # credential chain (IAM roles for service accounts, instance profiles) applies.
+    aws_access_key_id: str | None = "mess-local"
+    aws_secret_access_key: SecretStr | None = SecretStr("mess-local-secret")
     bucket: str = Field(default="mess-audio", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     sqs_queue: str = Field(default="mess-audio-events", description="queue name for S3 ObjectCreated notices")
     drop_prefix: str = Field(default="drop/", description="objects under this prefix are auto-ingested")
+
+    @field_validator("s3_endpoint_url", "aws_access_key_id", "aws_secret_access_key", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        # An empty variable in a manifest means "not set", not "the empty string".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def topics(self) -> Topics:
@@ -46,13 +54,15 @@ class StackSettings(BaseSettings):
         return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
 
     def s3_client_kwargs(self) -> dict[str, str | None]:
-        """Keyword arguments for a botocore S3 or SQS client."""
-        return {
-            "endpoint_url": self.s3_endpoint_url,
-            "region_name": self.s3_region,
-            "aws_access_key_id": self.aws_access_key_id,
-            "aws_secret_access_key": self.aws_secret_access_key.get_secret_value(),
-        }
+        """Keyword arguments for a botocore S3 or SQS client; unset parts are left
+        out so botocore falls back to AWS itself and its credential chain."""
+        kwargs: dict[str, str | None] = {"region_name": self.s3_region}
+        if self.s3_endpoint_url:
+            kwargs["endpoint_url"] = self.s3_endpoint_url
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            kwargs["aws_access_key_id"] = self.aws_access_key_id
+            kwargs["aws_secret_access_key"] = self.aws_secret_access_key.get_secret_value()
+        return kwargs
 
 
 def host_port(url: str, default_port: int) -> tuple[str, int]:

@@ -434,8 +434,10 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         "MESS_REDIS_URL": settings.redis_url,
         "MESS_REDIS_PREFIX": settings.redis_prefix,
         "MESS_S3_REGION": settings.s3_region,
-        "MESS_AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-        "MESS_AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key.get_secret_value(),
+        "MESS_AWS_ACCESS_KEY_ID": settings.aws_access_key_id or "",
+        "MESS_AWS_SECRET_ACCESS_KEY": (
+            settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else ""
+        ),
         "MESS_BUCKET": settings.bucket,
         "MESS_SQS_QUEUE": settings.sqs_queue,
         "MESS_DROP_PREFIX": settings.drop_prefix,
