@@ -115,7 +115,9 @@ class OwnBroker:
             "AWS_ENDPOINT": stack.s3_endpoint_url or "",
             "AWS_ALLOW_HTTP": "true",
             "AWS_ACCESS_KEY_ID": stack.aws_access_key_id or "",
-            "AWS_SECRET_ACCESS_KEY": stack.aws_secret_access_key.get_secret_value() if stack.aws_secret_access_key else "",
+            "AWS_SECRET_ACCESS_KEY": (
+                stack.aws_secret_access_key.get_secret_value() if stack.aws_secret_access_key else ""
+            ),
             "AWS_DEFAULT_REGION": stack.s3_region,
             "AWS_REGION": stack.s3_region,
         }
