@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def main() -> None:
                 f"{count:>8} {factory:>8} | {raw['p50_ms']:>7.2f}ms {raw['p99_ms']:>5.2f}ms | "
                 f"{merged['p50_ms']:>8.2f}ms {merged['p99_ms']:>5.2f}ms | {row['self_found_first']:.3f}"
             )
+    print(f"1-minute load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores, shared machine)")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"query_faiss_search_{args.dim}d_{args.shards}shards.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

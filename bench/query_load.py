@@ -408,7 +408,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="keep-alive connections")
     parser.add_argument("--seconds", type=float, default=15, help="per cached/uncached scenario")
     args = parser.parse_args()
+    before = os.getloadavg()[0]
     results = asyncio.run(run(args))
+    # The machine is shared: the load average says how much else was running.
+    results["load_average_1min"] = {"before": before, "after": os.getloadavg()[0]}
+    print(f"1-minute load average: {before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} cores)")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"query_load_{args.tracks}_{args.index}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -48,12 +50,15 @@ async def test_snapshot_event_swaps_without_waiting_for_the_poll(
     first = writer.write(1, catalogue.shards(2), dim=16)
     async with start_query(snapshot_poll_s=3600) as query:  # the start-up read of LATEST, then no polls
         await query.wait_for_version(first.version)
+        old = weakref.ref(query.resources.follower.current)
         second = writer.write(2, catalogue.shards(3), dim=16, update_latest=False)
         await writer.announce(second)
         await query.wait_for_version(second.version)
         assert query.resources.follower.current is not None
         assert len(query.resources.follower.current.shards) == 3
         assert query.metric("mess_query_snapshot_swaps_total") == 2
+        gc.collect()
+        assert old() is None  # the old searcher (indexes, memory maps) was released
 
 
 async def test_latest_poll_swaps_without_an_event(
