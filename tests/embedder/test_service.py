@@ -51,7 +51,6 @@ async def _committed(stack: StackSettings, group: str) -> int:
 def _service_env(stack_env: dict[str, str], stack: StackSettings, **extra: str) -> dict[str, str]:
     return {
         **stack_env,
-        "MESS_EMBEDDER_GROUP_ID": f"{stack.topic_prefix}mess-embedder",
         "MESS_EMBEDDER_POLL_WAIT_MS": "200",
         "MESS_EMBEDDER_FETCH_ATTEMPTS": "2",
         "MESS_EMBEDDER_RETRY_BASE_S": "0.05",

@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mess.runtime.endpoints import StackSettings
 
+DEFAULT_GROUP = "mess-embedder"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESS_EMBEDDER_", extra="ignore")
@@ -40,7 +42,10 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default=2, ge=1)
 
     # --- the consumer -------------------------------------------------------
-    group_id: str = "mess-embedder"
+    group_id: str | None = Field(
+        default=None,
+        description="consumer group, used as given; unset: the topic prefix + mess-embedder",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # Must exceed the slowest poll batch: max_tracks_per_poll tracks of
     # max_audio_seconds each through the model. See the README's sizing note.
@@ -59,6 +64,11 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(default=900.0, gt=0, description="longer audio is embedded from its start")
     max_audio_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     waveform_pairs: int = Field(default=2000, ge=10)
+
+    @property
+    def consumer_group(self) -> str:
+        """By default the group carries the topic prefix, so tests and tenants never share one."""
+        return self.group_id or f"{self.stack.topic_prefix}{DEFAULT_GROUP}"
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -86,7 +86,18 @@ class AddedTrackHandler:
             await message.nack()
             raise
         await message.ack()
-        metrics.POLL_SECONDS.observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        metrics.POLL_SECONDS.observe(took)
+        if took * 1000 > self.settings.max_poll_interval_ms / 2:
+            # Past max_poll_interval_ms the group would rebalance mid-batch
+            # (nothing is lost, but the batch is done twice).
+            log.warning(
+                "a poll batch of %d tracks took %.0f s, over half of max_poll_interval_ms (%d ms): "
+                "lower max_tracks_per_poll or max_audio_seconds, or raise max_poll_interval_ms",
+                len(records),
+                took,
+                self.settings.max_poll_interval_ms,
+            )
         consumer = getattr(message, "consumer", None)
         if isinstance(consumer, AIOKafkaConsumer):
             await _update_lag(consumer)
@@ -223,7 +234,7 @@ def subscribe(broker: KafkaBroker, settings: Settings, handler: AddedTrackHandle
     subscriber = broker.subscriber(
         settings.stack.topics.tracks_added,
         batch=True,
-        group_id=settings.group_id,
+        group_id=settings.consumer_group,
         max_records=settings.max_tracks_per_poll,
         batch_timeout_ms=settings.poll_wait_ms,
         ack_policy=AckPolicy.MANUAL,

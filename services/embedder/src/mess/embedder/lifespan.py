@@ -109,7 +109,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
             log.info(
                 "consuming %s as group %s (poll: %d tracks / %d ms; batch: %d chunks / %d ms)",
                 settings.stack.topics.tracks_added,
-                settings.group_id,
+                settings.consumer_group,
                 settings.max_tracks_per_poll,
                 settings.poll_wait_ms,
                 settings.batch_size,
