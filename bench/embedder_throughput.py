@@ -116,6 +116,7 @@ def main() -> None:
     tracks = music_tracks()
     results: list[dict[str, Any]] = []
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores")
+    print("audio seconds embedded per wall second (= x real time)")
     print(f"{'backend':<34} {'threads':>7} {'end-to-end':>12} {'model only':>12}")
 
     def report(label: str, threads: int, row: dict[str, Any]) -> None:
