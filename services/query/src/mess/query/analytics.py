@@ -1,7 +1,9 @@
 """RecommendationServed for analytics, published without slowing a response.
 
-A request only puts the event on a bounded in-process queue (never awaits the
-broker); one background task hands queued events to the Kafka producer. With
+A request only puts a recipe for the event on a bounded in-process queue (never
+awaits the broker, and does not even build the event: parsing the response and
+validating the model happen in the background task, which then hands the event
+to the Kafka producer). With
 the broker down or the queue full the event is dropped and counted: analytics
 is best effort, answering the listener is not.
 """
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -22,12 +25,14 @@ from mess.query.metrics import QueryMetrics
 
 log = logging.getLogger(__name__)
 
+EventRecipe = RecommendationServed | Callable[[], RecommendationServed]
+
 
 class AnalyticsPublisher:
     def __init__(self, settings: Settings, metrics: QueryMetrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._queue: asyncio.Queue[RecommendationServed] = asyncio.Queue(maxsize=settings.analytics_queue_size)
+        self._queue: asyncio.Queue[EventRecipe] = asyncio.Queue(maxsize=settings.analytics_queue_size)
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = False
@@ -46,8 +51,8 @@ class AnalyticsPublisher:
         if self._settings.analytics_enabled:
             self._metrics.analytics_dropped.labels("broker_unavailable").inc()
 
-    def offer(self, event: RecommendationServed) -> None:
-        """Queue an event; never blocks, never raises."""
+    def offer(self, event: EventRecipe) -> None:
+        """Queue an event (or a function that builds it); never blocks, never raises."""
         if not self._settings.analytics_enabled:
             return
         if not self._connected:
@@ -121,7 +126,13 @@ class AnalyticsPublisher:
                 await asyncio.sleep(self._settings.broker_retry_s)
                 continue
             assert self._producer is not None
-            event = await self._queue.get()
+            recipe = await self._queue.get()
+            try:
+                event = recipe if isinstance(recipe, RecommendationServed) else recipe()
+            except (ValueError, KeyError) as exc:  # ValueError includes pydantic's ValidationError
+                self._metrics.analytics_dropped.labels("invalid").inc()
+                log.error("RecommendationServed could not be built: %s", exc)
+                continue
             try:
                 # send() only appends to a batch; the delivery is awaited by the callback.
                 delivery = await self._producer.send(topic, event.to_bytes(), key=event.key().encode())

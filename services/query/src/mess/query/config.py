@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     pg_pool_max: int = Field(default=10, ge=1, le=1000)
     pg_acquire_timeout_s: float = Field(default=0.5, gt=0, description="503 when no connection frees up in time")
     pg_command_timeout_s: float = Field(default=5.0, gt=0)
-    metadata_cache_size: int = Field(default=50_000, ge=0, description="tracks kept in the in-process cache")
+    metadata_cache_size: int = Field(default=20_000, ge=0, description="tracks kept in the in-process cache")
     metadata_cache_ttl_s: float = Field(default=30.0, ge=0)
 
     # --- Redis (recommendation cache) ----------------------------------------

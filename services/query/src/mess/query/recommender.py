@@ -15,6 +15,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from mess.contracts.events import RecommendationServed, RecommendedItem, RecommendRequestSummary
@@ -201,9 +202,11 @@ class Recommender:
         if not self._analytics.accepting:
             self._analytics.count_unavailable()
             return
-        results = json.loads(body)["recommendations"]
-        self._analytics.offer(
-            RecommendationServed(
+        served_at = datetime.now(UTC)  # the event is built later, in the background
+
+        def build() -> RecommendationServed:
+            results = json.loads(body)["recommendations"]
+            return RecommendationServed(
                 request_id=request_id,
                 request=RecommendRequestSummary(
                     track_id=track_id, k=k, strategy=strategy.value, params=params.as_dict()
@@ -215,8 +218,10 @@ class Recommender:
                 snapshot_version=snapshot_version,
                 latency_ms=latency_ms,
                 cached=cached,
+                occurred_at=served_at,
             )
-        )
+
+        self._analytics.offer(build)
 
 
 def _affinity_fields(record: TrackRecord | None) -> dict[str, str | None]:
