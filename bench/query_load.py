@@ -45,7 +45,7 @@ from aiokafka import AIOKafkaProducer
 from query_corpus import BuiltShard, build_shard, build_shards, npy_bytes, search_params
 from redis.asyncio import Redis
 
-from mess.contracts.events import SnapshotCounts, SnapshotPublished
+from mess.contracts.events import ModelIdentity, SnapshotCounts, SnapshotPublished
 from mess.contracts.storage import LATEST_KEY, ShardManifest, SnapshotManifest, StoredFile, manifest_key
 from mess.dev import stack as local
 from mess.runtime.endpoints import StackSettings
@@ -118,7 +118,8 @@ async def forget_redis_keys(stack: StackSettings) -> int:
 class SnapshotPublisher:
     def __init__(self, stack: StackSettings) -> None:
         self.stack = stack
-        self.s3: Any = boto3.client("s3", **stack.s3_client_kwargs())
+        s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
+        self.s3: Any = boto3.client("s3", **s3_kwargs)
 
     def _put(self, key: str, body: bytes) -> StoredFile:
         self.s3.put_object(Bucket=self.stack.bucket, Key=key, Body=body)
@@ -141,7 +142,7 @@ class SnapshotPublisher:
         manifest = SnapshotManifest(
             version=version,
             created_at=datetime.now(UTC),
-            model={"name": "bench", "revision": "1", "dim": dim, "pooling": "none"},  # type: ignore[arg-type]
+            model=ModelIdentity(name="bench", revision="1", dim=dim, pooling="none"),
             dim=dim,
             shard_count=len(shards),
             vector_count=sum(s.count for s in shards),

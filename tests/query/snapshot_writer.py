@@ -40,7 +40,8 @@ def version_name(number: int) -> str:
 
 def unit_rows(matrix: npt.ArrayLike) -> FloatMatrix:
     array = np.asarray(matrix, dtype=np.float32)
-    return (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
+    unit: FloatMatrix = (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def model_identity(dim: int) -> ModelIdentity:
@@ -83,7 +84,8 @@ def _index_bytes(shard: ShardInput, dim: int) -> bytes:
 class SnapshotWriter:
     def __init__(self, stack: StackSettings, local_copy: Path | None = None) -> None:
         self.stack = stack
-        self.s3: Any = boto3.client("s3", **stack.s3_client_kwargs())
+        s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
+        self.s3: Any = boto3.client("s3", **s3_kwargs)
         self.previous: SnapshotManifest | None = None
         self.local_copy = local_copy
 

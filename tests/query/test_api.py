@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import AsyncIterator
+from typing import Any
 
 import boto3
 import httpx
@@ -26,7 +27,8 @@ async def served(
 ) -> AsyncIterator[RunningQuery]:
     """Snapshot 1 serving the catalogue, plus tracks in other registry states and one audio file."""
     await apply_registry(stack)
-    s3 = boto3.client("s3", **stack.s3_client_kwargs())
+    s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
+    s3 = boto3.client("s3", **s3_kwargs)
     sha = hashlib.sha256(AUDIO).hexdigest()
     s3.put_object(Bucket=stack.bucket, Key=audio_key(sha, "wav"), Body=AUDIO, ContentType="audio/wav")
     rows = [dict(r) for r in catalogue.rows]
@@ -164,7 +166,7 @@ async def test_exploration_with_a_seed_is_reproducible_and_without_one_is_not_ca
     served: RunningQuery, catalogue: Catalogue
 ) -> None:
     url = f"/recommend/{catalogue.ids[3]}"
-    seeded = {"k": 5, "strategy": "exploration", "seed": 11, "floor": 0.0}
+    seeded: dict[str, str | int | float] = {"k": 5, "strategy": "exploration", "seed": 11, "floor": 0.0}
     first = (await served.client.get(url, params=seeded)).json()
     second = (await served.client.get(url, params=seeded)).json()
     assert [p["track_id"] for p in first["recommendations"]] == [p["track_id"] for p in second["recommendations"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 from mess.runtime.endpoints import StackSettings
 
@@ -14,6 +15,10 @@ from .snapshot_writer import SnapshotWriter
 SWAPS = 10
 REFERENCES = 6
 K = 5
+
+
+def _served_some(served_by: Counter[str], version: str) -> Callable[[], bool]:
+    return lambda: served_by[version] >= 3
 
 
 async def test_ten_swaps_under_concurrent_requests(
@@ -64,7 +69,7 @@ async def test_ten_swaps_under_concurrent_requests(
                 manifest = await asyncio.to_thread(writer.write, number, shards, 16, None, None, False)
                 await writer.announce(manifest)
                 await query.wait_for_version(manifest.version)
-                await eventually(lambda v=manifest.version: served_by[v] >= 3, f"requests served by {manifest.version}")
+                await eventually(_served_some(served_by, manifest.version), f"requests served by {manifest.version}")
         finally:
             stop.set()
             await asyncio.gather(*workers)

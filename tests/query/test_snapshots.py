@@ -6,7 +6,9 @@ import asyncio
 import gc
 import logging
 import weakref
+from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -17,8 +19,8 @@ from .conftest import Catalogue, StartQuery, apply_registry, eventually, insert_
 from .snapshot_writer import ShardInput, SnapshotWriter, Tampering
 
 
-async def _ready(client: object) -> tuple[int, dict[str, object]]:
-    response = await client.get("/health/ready")  # type: ignore[attr-defined]
+async def _ready(client: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
+    response = await client.get("/health/ready")
     return response.status_code, response.json()
 
 

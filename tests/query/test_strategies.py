@@ -123,7 +123,7 @@ def test_exploration_stays_above_the_floor_and_is_reproducible_by_seed(
 def test_hybrid_lets_shared_metadata_outrank_slightly_higher_similarity() -> None:
     candidates = [Candidate("other-composer", 0.90), Candidate("same-composer", 0.85), Candidate("far", 0.2)]
     reference = {"composer": "Bach", "era": "Baroque", "form": "fugue"}
-    metadata = {
+    metadata: dict[str, dict[str, str | None]] = {
         "other-composer": {"composer": "Liszt", "era": "Romantic", "form": "etude"},
         "same-composer": {"composer": "bach", "era": "Baroque", "form": None},
         "far": {"composer": "Bach", "era": "Baroque", "form": "fugue"},

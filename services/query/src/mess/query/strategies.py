@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -203,8 +204,8 @@ def hybrid(
     candidates: list[Candidate],
     k: int,
     weights: dict[str, float],
-    reference: dict[str, str | None],
-    metadata: dict[str, dict[str, str | None]],
+    reference: Mapping[str, str | None],
+    metadata: Mapping[str, Mapping[str, str | None]],
 ) -> list[Pick]:
     """Score = weighted mean of cosine similarity and one 0/1 match per metadata field."""
     total = sum(weights.values())

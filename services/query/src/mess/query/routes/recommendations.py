@@ -4,7 +4,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
@@ -17,7 +17,7 @@ from mess.query.strategies import ParameterError, Strategy, resolve_params
 
 router = APIRouter(tags=["recommendations"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown track"},
     409: {"description": "the track is registered but not in the serving snapshot yet (body has its status)"},
     422: {"description": "a parameter is out of range or does not apply to the strategy"},
@@ -25,7 +25,7 @@ _ERRORS = {
 }
 
 
-@router.get("/recommend/{track_id}", response_model=RecommendationResponse, responses=_ERRORS)  # type: ignore[arg-type]
+@router.get("/recommend/{track_id}", response_model=RecommendationResponse, responses=_ERRORS)
 async def recommend(
     resources: ResourcesDep,
     track_id: Annotated[str, Path(pattern=TRACK_ID_PATTERN)],
