@@ -154,3 +154,25 @@ async def test_every_served_recommendation_is_published_for_analytics(
     assert served.request.k == 3 and served.request.strategy == "similar"
     assert [r.track_id for r in served.results] == [r["track_id"] for r in first["recommendations"]]
     assert [r.rank for r in served.results] == [1, 2, 3]
+
+
+async def test_without_the_registry_table_or_postgres_the_answers_say_why(
+    stack: StackSettings, start_query: StartQuery, writer: SnapshotWriter
+) -> None:
+    version = writer.write_empty(1).version
+    async with start_query() as query:  # the schema has no tracks table: ingest has not migrated yet
+        await query.wait_for_version(version)
+        listing = await query.client.get("/tracks")
+        assert listing.status_code == 503
+        assert "no tracks table yet" in listing.json()["detail"]
+
+    no_postgres = stack.model_copy(update={"postgres_dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/mess"})
+    async with start_query(stack=no_postgres) as query:
+        await query.wait_for_version(version)
+        listing = await query.client.get("/tracks")
+        assert listing.status_code == 503
+        assert "unreachable" in listing.json()["detail"]
+        ready = await query.client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["postgres"] is False
+        assert ready.json()["checks"]["snapshot"] is True
