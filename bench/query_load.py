@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -390,6 +391,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 service.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 service.kill()
+        shutil.rmtree(cache_dir, ignore_errors=True)  # the service's downloaded snapshots; the log stays
         removed = await forget_redis_keys(stack)
         await local.drop_schema(stack)
         await local.delete_topics(stack)
