@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         default=5, ge=2, description="snapshots kept in S3 (a query replica may still load one)"
     )
 
-    flat_threshold: int = Field(default=10_000, ge=0, description="shards with fewer vectors get an exact Flat index")
+    flat_threshold: int = Field(default=5_000, ge=0, description="shards with fewer vectors get an exact Flat index")
     approximate_index: str = Field(
         default="HNSW32,SQ8",
         description="FAISS factory string for larger shards; {nlist} is replaced by about 4*sqrt(n) for IVF",

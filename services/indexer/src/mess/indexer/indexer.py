@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import faiss
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from mess.contracts.events import SnapshotCounts, SnapshotPublished
 from mess.indexer.config import Settings
@@ -204,19 +206,31 @@ class Indexer:
             model=None,
             shard_count=self.settings.shard_count,
             captures=[],
-            tuning_queries=TrackVectors(1, ModelGuard(None, None)).sample(0),
+            tuning_queries=np.empty((0, 0), dtype=np.float32),
             base=None,
             expect_latest=None,
             replace_any_latest=False,
         )
-        try:
-            published = await self._publish_under_lease(checkpoint)
-        except LatestMovedError:
-            # Another writer published first; use theirs.
-            latest = await asyncio.to_thread(self.store.read_latest)
-            if latest is None:
-                raise
-            return latest
+        deadline = time.monotonic() + self.settings.publish_lease_s
+        while True:
+            try:
+                published = await self._publish_under_lease(checkpoint)
+                break
+            except LeaseHeldError:
+                # Another writer is publishing (a rebuild on a new bucket?): its
+                # snapshot will do, or the lease frees up.
+                if time.monotonic() > deadline:
+                    raise
+                latest = await asyncio.to_thread(self.store.read_latest)
+                if latest is not None:
+                    return latest
+                await asyncio.sleep(1.0)
+            except LatestMovedError:
+                # Another writer published first; use theirs.
+                latest = await asyncio.to_thread(self.store.read_latest)
+                if latest is None:
+                    raise
+                return latest
         log.info("published the known-empty snapshot %s", published.latest.version)
         return published.latest
 
@@ -458,7 +472,13 @@ class Indexer:
     async def _check_latest(self) -> None:
         """Adopt a snapshot another writer (a rebuild) published."""
         self._next_latest_check = time.monotonic() + self.settings.latest_check_s
-        latest = await asyncio.to_thread(self.store.read_latest)
+        try:
+            latest = await asyncio.to_thread(self.store.read_latest)
+        except (BotoCoreError, ClientError) as exc:
+            # Only a check; a flaky S3 must not stop consumption. Publishing
+            # reads LATEST again anyway.
+            log.warning("could not read LATEST: %s", exc)
+            return
         if latest is None or (self.latest is not None and latest.version == self.latest.version):
             return
         log.warning(

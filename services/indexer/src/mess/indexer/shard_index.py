@@ -103,6 +103,12 @@ def build_index(vectors: Matrix, plan: IndexPlan, *, ef_construction: int = 40) 
     if plan.tuned_parameter == "efSearch":
         hnsw_index: Any = faiss.downcast_index(index)
         hnsw_index.hnsw.efConstruction = ef_construction
+    if plan.tuned_parameter == "nprobe":
+        ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+        if hasattr(ivf, "do_polysemous_training"):
+            # On by default for IVF-PQ, it takes minutes and only serves
+            # Hamming-distance filtering, which the indexer never enables.
+            ivf.do_polysemous_training = False
     if not index.is_trained and len(vectors):
         index.train(_training_sample(vectors, plan))
     if len(vectors):
@@ -142,9 +148,45 @@ def recall_at_k(truth: Labels, found: Labels) -> float:
     return hits / total if total else 1.0
 
 
-def tune(index: faiss.Index, parameter: str, queries: Matrix, truth: Labels, target_recall: float) -> tuple[int, float]:
-    """The cheapest ladder value reaching ``target_recall``, and the recall it got.
-    If none does, the largest value and its recall (the caller logs a warning)."""
+@dataclass(frozen=True)
+class TuningTruth:
+    labels: Labels  # exact top-10 per query, its own row left out
+    own_rows: list[set[int]]  # rows identical to the query (itself), per query
+
+
+# Inner product of a unit vector with itself, less float rounding: a "self" match.
+_SELF = 1.0 - 1e-5
+
+
+def tuning_truth(queries: Matrix, vectors: Matrix) -> TuningTruth:
+    """Exact neighbours for tuning, the query's own row left out.
+
+    The tuning queries are stored vectors, and a stored vector always finds
+    itself, which would flatter recall. What a listener gets is the ten
+    nearest *other* tracks (the query service drops the track itself), so
+    that is what is measured: exact top-11 minus any row identical to the
+    query, cut to ten. Queries from other shards have no such row.
+    """
+    count = len(queries)
+    if len(vectors) == 0 or count == 0:
+        return TuningTruth(np.full((count, RECALL_K), -1, dtype=np.int64), [set() for _ in range(count)])
+    scores, labels = faiss.knn(queries, vectors, RECALL_K + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = np.full((count, RECALL_K), -1, dtype=np.int64)
+    own_rows = []
+    for row in range(count):
+        own = {int(label) for label, score in zip(labels[row], scores[row], strict=True) if score >= _SELF}
+        others = [int(label) for label in labels[row] if label >= 0 and int(label) not in own][:RECALL_K]
+        truth[row, : len(others)] = others
+        own_rows.append(own)
+    return TuningTruth(truth, own_rows)
+
+
+def tune(
+    index: faiss.Index, parameter: str, queries: Matrix, truth: TuningTruth, target_recall: float
+) -> tuple[int, float]:
+    """The cheapest ladder value reaching ``target_recall`` against ``truth``,
+    and the recall it got. If none does, the largest value and its recall
+    (the caller logs a warning)."""
     space = faiss.ParameterSpace()
     ladder: tuple[int, ...] = EF_SEARCH_LADDER if parameter == "efSearch" else NPROBE_LADDER
     if parameter == "nprobe":
@@ -153,8 +195,13 @@ def tune(index: faiss.Index, parameter: str, queries: Matrix, truth: Labels, tar
     value, recall = ladder[-1], 0.0
     for candidate in ladder:
         space.set_index_parameter(index, parameter, candidate)
-        _, found = index.search(queries, RECALL_K)
-        recall = recall_at_k(truth, found)
+        # One more than asked for, since the query's own row may take a place.
+        _, found = index.search(queries, RECALL_K + 1)
+        others = np.full((len(queries), RECALL_K), -1, dtype=np.int64)
+        for row, own in enumerate(truth.own_rows):
+            kept = [int(label) for label in found[row] if int(label) not in own][:RECALL_K]
+            others[row, : len(kept)] = kept
+        recall = recall_at_k(truth.labels, others)
         value = candidate
         if recall >= target_recall:
             break
@@ -176,7 +223,7 @@ def build_shard_index(
     search_params: dict[str, int] = {}
     recall: float | None = None
     if plan.tuned_parameter is not None and len(vectors) and len(tuning_queries):
-        truth = exact_top_k(tuning_queries, vectors)
+        truth = tuning_truth(tuning_queries, vectors)
         value, recall = tune(index, plan.tuned_parameter, tuning_queries, truth, target_recall)
         search_params[plan.tuned_parameter] = value
         if recall < target_recall:
