@@ -104,13 +104,28 @@ def _parse(work: str) -> music21.stream.Score:
     return parsed
 
 
-def _prepare(rendition: Rendition) -> music21.stream.Score:
+def _trim(score: music21.stream.Score, quarter_lengths: float) -> music21.stream.Score:
+    """The opening measures covering ``quarter_lengths``: rendering a whole
+    quartet movement to keep its first 30 seconds would waste minutes."""
+    measures = list(score.parts[0].getElementsByClass(music21.stream.Measure))
+    if not measures or measures[-1].offset < quarter_lengths:
+        return score
+    last = next(m for m in measures if m.offset >= quarter_lengths)
+    trimmed = score.measures(measures[0].number, last.number)  # type: ignore[no-untyped-call]
+    return trimmed if isinstance(trimmed, music21.stream.Score) else score
+
+
+def _prepare(rendition: Rendition, max_seconds: float | None = None) -> music21.stream.Score:
     score = copy.deepcopy(_parse(rendition.work))
     if rendition.transpose:
         score = score.transpose(rendition.transpose)
     program = INSTRUMENTS[rendition.instrument]
     marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
     base_bpm = float(marks[0].number) if marks and marks[0].number else 90.0
+    if max_seconds is not None:
+        # One spare second so the cut lands in music, not in the release tail.
+        score = _trim(score, (max_seconds + 1.0) / 60.0 * base_bpm * rendition.tempo_scale)
+        marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
     for mark in marks:
         mark.activeSite.remove(mark)
     for part in score.parts:
@@ -139,60 +154,90 @@ def render(
     binary = shutil.which("fluidsynth")
     if binary is None:
         raise RenderError("fluidsynth is not installed: apt-get install fluidsynth")
-    score = _prepare(rendition)
+    score = _prepare(rendition, max_seconds)
+    bpm = _first_bpm(score)
+    # The score's own length plus a release tail bounds the render: some corpus
+    # MIDI ends hours after its last note, and fluidsynth would render it all.
+    seconds = float(score.highestTime) * 60.0 / bpm + 3.0
+    if max_seconds is not None:
+        seconds = min(seconds, max_seconds)
+    wanted = int(seconds * sample_rate) * 2 * 2  # stereo, 16-bit
     with tempfile.TemporaryDirectory(prefix="mess-render-") as tmp:
         midi_path = Path(tmp) / "score.mid"
-        wav_path = Path(tmp) / "score.wav"
         midi = music21.midi.translate.streamToMidiFile(score)
         midi.open(str(midi_path), "wb")
         try:
             midi.write()
         finally:
             midi.close()
-        result = subprocess.run(  # noqa: S603 - fixed arguments, our own files
-            [
-                binary,
-                "-ni",
-                "-q",
-                "-g",
-                "0.7",
-                "-r",
-                str(sample_rate),
-                "-F",
-                str(wav_path),
-                str(soundfont()),
-                str(midi_path),
-            ],
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
-        if result.returncode != 0 or not wav_path.exists():
-            raise RenderError(f"fluidsynth failed on {rendition.name}: {result.stderr.decode(errors='replace')[:500]}")
-        audio, rate = sf.read(str(wav_path), dtype="float32", always_2d=True)
-    if max_seconds is not None:
-        audio = audio[: int(max_seconds * rate)]
-    return np.ascontiguousarray(audio), int(rate)
+        command = [binary, "-ni", "-q", "-g", "0.7", "-r", str(sample_rate), "-T", "raw", "-O", "s16"]
+        command += ["-F", "/dev/stdout", str(soundfont()), str(midi_path)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
+        raw = bytearray()
+        try:
+            assert process.stdout is not None
+            while len(raw) < wanted:
+                block = process.stdout.read(min(1 << 16, wanted - len(raw)))
+                if not block:
+                    break
+                raw += block
+        finally:
+            process.kill()
+            _, stderr = process.communicate(timeout=30)
+    if len(raw) < 4 * sample_rate // 10:
+        raise RenderError(f"fluidsynth rendered nothing for {rendition.name}: {stderr.decode(errors='replace')[:500]}")
+    usable = len(raw) - len(raw) % 4
+    audio = np.frombuffer(bytes(raw[:usable]), dtype="<i2").reshape(-1, 2).astype(np.float32) / 32768.0
+    return np.ascontiguousarray(audio), sample_rate
+
+
+def _first_bpm(score: music21.stream.Score) -> float:
+    marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
+    return float(marks[0].number) if marks and marks[0].number else 90.0
+
+
+# Works that parse slowly (minutes) or not at all in music21's corpus.
+_UNUSABLE = frozenset({"beethoven/opus132", "beethoven/opus133"})
+# Composer folders the demo draws from, in turn. Only these three large
+# collections render reliably in a second or two: several of the quartet
+# movements have repeats music21 cannot expand, or MIDI that keeps fluidsynth
+# busy for minutes (seen with mozart/k155/movement2 and beethoven/opus18no1).
+_DEMO_COMPOSERS = ("bach", "palestrina", "monteverdi")
+_SCORE_SUFFIXES = (".mxl", ".krn", ".xml", ".musicxml")
+
+
+def _corpus_works(composer: str) -> list[str]:
+    """Work ids (paths under the corpus root, no suffix) of one composer, one per score."""
+    works: dict[str, str] = {}
+    for path in sorted(corpus.getComposer(composer), key=str):
+        if path.suffix not in _SCORE_SUFFIXES:
+            continue
+        relative = str(path).split("/corpus/", 1)[-1]
+        work = relative.rsplit(".", 1)[0]
+        # Prefer MusicXML when a work exists in several encodings.
+        if work not in works or path.suffix == ".mxl":
+            works[work] = relative
+    # Some chorales come in variants (``bwv112.5`` and ``bwv112.5-sc``, or
+    # ``bwv18.5-lz`` and ``bwv18.5-w``): the same music under two ids would pass
+    # for two works that sound alike, so keep one per base id.
+    seen: set[str] = set()
+    distinct = []
+    for work in works:
+        base = work.split("-", 1)[0]
+        if work not in _UNUSABLE and base not in seen:
+            seen.add(base)
+            distinct.append(work)
+    return distinct
 
 
 def demo_works(count: int) -> list[str]:
     """``count`` distinct works, spread over composers and eras, always the same ones."""
-    pools = [
-        [f"bach/{p.stem}" for p in sorted(corpus.getComposer("bach"), key=str) if p.suffix == ".mxl"],
-        [
-            f"palestrina/{p.stem}"
-            for p in sorted(corpus.getComposer("palestrina"), key=str)
-            if p.suffix in {".krn", ".mxl"}
-        ],
-        [f"mozart/{p.stem}" for p in sorted(corpus.getComposer("mozart"), key=str) if p.suffix == ".mxl"],
-        [f"beethoven/{p.stem}" for p in sorted(corpus.getComposer("beethoven"), key=str) if p.suffix == ".mxl"],
-        [f"haydn/{p.stem}" for p in sorted(corpus.getComposer("haydn"), key=str) if p.suffix == ".mxl"],
-    ]
+    pools = [_corpus_works(composer) for composer in _DEMO_COMPOSERS]
     chosen: list[str] = []
     position = 0
     while len(chosen) < count and any(position < len(pool) for pool in pools):
         for pool in pools:
-            if position < len(pool) and len(chosen) < count and pool[position] not in chosen:
+            if position < len(pool) and len(chosen) < count:
                 chosen.append(pool[position])
         position += 1
     return chosen
