@@ -2,9 +2,17 @@
 
 ``make run`` fills a fresh system with it, so the whole pipeline has real
 music to embed and search without downloading anything. Each work is played
-a few ways (``mess.corpus.demo_renditions``: plain piano, then other
-instruments, tempi and keys), and the renditions of one work share ``work``
-(the corpus id), which makes them a ground truth for "sounds like".
+a few ways (plain piano, then other instruments, tempi and keys, the
+variations of ``mess.corpus.demo_renditions``), and the renditions of one
+work share ``work`` (the corpus id), which makes them a ground truth for
+"sounds like".
+
+Which works: ``mess.corpus.demo_works`` names nested corpus files by their
+stem alone (``mozart/movement1`` for ``mozart/k155/movement1``), which the
+corpus cannot find, and picks whole Beethoven quartets that take minutes to
+render, so 14 of its first 40 fail and the run takes most of an hour. Until
+that is fixed there, this module plays its own list of short works that
+resolve and render with every variation (``DEMO_WORKS``), over three eras.
 
 Rendering is CPU work, so it runs in a small process pool; uploads happen in
 this process as renditions come out. Renditions already in the bucket with
@@ -15,12 +23,13 @@ file importers do.
 import multiprocessing
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import zip_longest
 from pathlib import Path
 
 from mess.contracts import TrackMetadata
 from mess.corpus import Rendition, demo_renditions, render_to_file, work_info
-from mess.ingest.importers.dataset import DatasetListing, DatasetTrack
+from mess.ingest.importers.dataset import DatasetListing, DatasetTrack, ImportSetupError
 from mess.ingest.importers.drop import DropBucket, user_metadata
 from mess.ingest.importers.run import (
     S3_ERRORS,
@@ -39,6 +48,41 @@ MAX_RENDITIONS = 5  # mess.corpus knows five ways of playing a work
 DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_SAMPLE_RATE = 22050
 DEFAULT_RENDER_WORKERS = 2
+
+# Corpus ids (paths under music21's corpus, without the extension) of works
+# the renderer plays through with every variation. Two traps rule works out:
+# the renderer synthesises a whole work before cutting it to --max-seconds,
+# so length is rendering time; and music21's MIDI of many quartet movements
+# (Mozart K. 155/1, K. 80/1, Haydn Op. 1 No. 1/1-4, Beethoven, Schubert's
+# Lindenbaum, Monteverdi) leaves notes without a note-off, which a piano lets
+# decay but strings and organ hold for ever, so fluidsynth renders hours of
+# audio until its 120 s timeout. Every work below was checked to have no such
+# note. (Joplin's Maple Leaf Rag, the one Modern work, fails music21's repeat
+# expansion.) Interleaved in this order so any prefix mixes composers and eras.
+_CHORALES = tuple(
+    f"bach/bwv{number}"
+    for number in (
+        "1.6", "10.7", "101.7", "102.7", "103.6", "104.6", "108.6", "11.6", "110.7", "111.6", "113.8", "114.7",
+        "115.6", "116.6", "117.4", "119.9", "12.7", "120.6", "121.6", "122.6", "123.6", "124.6",
+    )
+)  # fmt: skip
+_MASS_MOVEMENTS = tuple(
+    f"palestrina/{name}"
+    for name in (
+        "Kyrie_00", "Agnus_00", "Benedictus_00", "Sanctus_00_a", "Kyrie_02", "Agnus_01", "Benedictus_02",
+        "Sanctus_01_a", "Kyrie_04", "Agnus_02", "Benedictus_04", "Sanctus_02_a", "Agnus_03", "Agnus_04",
+    )
+)  # fmt: skip
+_CLASSICAL_AND_OTHERS = (
+    "mozart/k155/movement3",
+    "corelli/opus3no1/1grave",
+    "haydn/opus1no1/movement5",
+    "handel/rinaldo/Lascia_chio_pianga",
+    "mozart/k545/movement1_exposition",
+)
+DEMO_WORKS: tuple[str, ...] = tuple(
+    work for trio in zip_longest(_CHORALES, _MASS_MOVEMENTS, _CLASSICAL_AND_OTHERS) for work in trio if work is not None
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +105,7 @@ def rendition_metadata(rendition: Rendition) -> TrackMetadata:
     info = work_info(rendition.work)
     plain = rendition.tempo_scale == 1.0 and rendition.transpose == 0 and rendition.instrument == "piano"
     return TrackMetadata(
-        title=f"{info.title} ({describe(rendition)})",
+        title=f"{info.title.replace('/', ', ').replace('_', ' ')} ({describe(rendition)})",
         composer=info.composer,
         composer_full=info.composer_full,
         era=info.era,
@@ -72,10 +116,22 @@ def rendition_metadata(rendition: Rendition) -> TrackMetadata:
     )
 
 
+def demo_plan(works: int = DEFAULT_WORKS, renditions: int = DEFAULT_RENDITIONS) -> list[Rendition]:
+    """The first ``works`` of ``DEMO_WORKS``, each played ``renditions`` ways.
+
+    The ways are ``mess.corpus``'s own variations, read off its first demo
+    work, so they stay one list even while the works here differ from its.
+    """
+    if not 1 <= works <= len(DEMO_WORKS):
+        raise ImportSetupError(f"the demo has 1 to {len(DEMO_WORKS)} works, not {works}")
+    ways = demo_renditions(1, renditions)
+    return [replace(way, work=work) for work in DEMO_WORKS[:works] for way in ways]
+
+
 def list_demo(works: int = DEFAULT_WORKS, renditions: int = DEFAULT_RENDITIONS) -> list[DemoTrack]:
     """The renditions to render, ``works`` x ``renditions``, always the same ones."""
     out = []
-    for rendition in demo_renditions(works, renditions):
+    for rendition in demo_plan(works, renditions):
         track = DatasetTrack(
             dataset=DATASET, relative_path=f"{rendition.name}.flac", metadata=rendition_metadata(rendition)
         )
@@ -87,10 +143,29 @@ def demo_listing(tracks: list[DemoTrack]) -> DatasetListing:
     return DatasetListing(dataset=DATASET, tracks=[demo.track for demo in tracks])
 
 
-def render_rendition(rendition: Rendition, path: str, sample_rate: int, max_seconds: float) -> int:
-    """Runs in a pool process: render to ``path`` and return its size in bytes."""
-    render_to_file(rendition, Path(path), sample_rate=sample_rate, max_seconds=max_seconds)
-    return Path(path).stat().st_size
+@dataclass(frozen=True)
+class RenderResult:
+    """What a pool process reports for one rendition: the file's size, or why there is none."""
+
+    path: str
+    size_bytes: int | None
+    error: str | None = None
+
+
+def render_work(renditions: list[tuple[Rendition, str]], sample_rate: int, max_seconds: float) -> list[RenderResult]:
+    """Runs in a pool process: render each rendition of one work to its path.
+
+    One task per work, so the score is parsed once and two processes never
+    parse (and write music21's cache of) the same file at once.
+    """
+    results = []
+    for rendition, path in renditions:
+        try:
+            render_to_file(rendition, Path(path), sample_rate=sample_rate, max_seconds=max_seconds)
+            results.append(RenderResult(path, Path(path).stat().st_size))
+        except Exception as error:  # noqa: BLE001 - a score music21 or fluidsynth cannot play must not stop the rest
+            results.append(RenderResult(path, None, f"render failed: {type(error).__name__}: {error}"))
+    return results
 
 
 def import_demo(
@@ -139,35 +214,52 @@ def _render_and_upload(
     render_workers: int,
 ) -> None:
     # forkserver, not fork: this process already runs boto3's threads, and a
-    # forked child would inherit their locks mid-use.
+    # forked child would inherit their locks mid-use. The server imports
+    # mess.corpus (music21) once, and each task gets a fresh child of it
+    # (max_tasks_per_child=1): music21 keeps state between scores that makes
+    # a later work's repeats fail to expand in a process that played others.
     context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mess.corpus"])
+    by_work: dict[str, list[DemoTrack]] = {}
+    for demo in to_render:
+        by_work.setdefault(demo.rendition.work, []).append(demo)
     with (
         tempfile.TemporaryDirectory(prefix="mess-demo-") as scratch,
-        ProcessPoolExecutor(max_workers=max(1, render_workers), mp_context=context) as pool,
+        ProcessPoolExecutor(max_workers=max(1, render_workers), mp_context=context, max_tasks_per_child=1) as pool,
     ):
-        futures: dict[Future[int], tuple[DemoTrack, Path]] = {}
-        for demo in to_render:
-            path = Path(scratch) / Path(demo.track.relative_path).name
-            futures[pool.submit(render_rendition, demo.rendition, str(path), sample_rate, max_seconds)] = (demo, path)
+        futures: dict[Future[list[RenderResult]], list[DemoTrack]] = {}
+        for demos in by_work.values():
+            jobs = [(demo.rendition, str(Path(scratch) / Path(demo.track.relative_path).name)) for demo in demos]
+            futures[pool.submit(render_work, jobs, sample_rate, max_seconds)] = demos
         try:
             for future in as_completed(futures):
-                demo, path = futures[future]
-                progress.record(_upload_rendered(future, demo, path, drop))
+                for outcome in _upload_rendered(future, futures[future], drop):
+                    progress.record(outcome)
         except KeyboardInterrupt:
             for future in futures:
                 future.cancel()
             raise
 
 
-def _upload_rendered(future: Future[int], demo: DemoTrack, path: Path, drop: DropBucket) -> TrackOutcome:
+def _upload_rendered(
+    future: Future[list[RenderResult]], demos: list[DemoTrack], drop: DropBucket
+) -> list[TrackOutcome]:
     try:
-        size = future.result()
-    except Exception as error:  # noqa: BLE001 - a score music21 or fluidsynth cannot play must not stop the rest
-        return TrackOutcome(demo.track, Outcome.FAILED, reason=f"render failed: {type(error).__name__}: {error}")
-    try:
-        drop.upload(path, demo.track, user_metadata(demo.track))
-    except S3_ERRORS as error:
-        return TrackOutcome(demo.track, Outcome.FAILED, reason=f"S3: {error}")
-    finally:
-        path.unlink(missing_ok=True)
-    return TrackOutcome(demo.track, Outcome.UPLOADED, size)
+        results = future.result()
+    except Exception as error:  # noqa: BLE001 - e.g. a pool process killed for memory; the other works go on
+        reason = f"render failed: {type(error).__name__}: {error}"
+        return [TrackOutcome(demo.track, Outcome.FAILED, reason=reason) for demo in demos]
+    outcomes = []
+    for demo, result in zip(demos, results, strict=True):
+        path = Path(result.path)
+        if result.size_bytes is None:
+            outcomes.append(TrackOutcome(demo.track, Outcome.FAILED, reason=result.error))
+            continue
+        try:
+            drop.upload(path, demo.track, user_metadata(demo.track))
+            outcomes.append(TrackOutcome(demo.track, Outcome.UPLOADED, result.size_bytes))
+        except S3_ERRORS as error:
+            outcomes.append(TrackOutcome(demo.track, Outcome.FAILED, reason=f"S3: {error}"))
+        finally:
+            path.unlink(missing_ok=True)
+    return outcomes
