@@ -9,10 +9,9 @@ import soundfile as sf
 from music21 import corpus
 
 from mess.contracts import track_id_from_parts
-from mess.corpus import work_info
 from mess.ingest.importers.cli import main
 from mess.ingest.importers.dataset import ImportSetupError
-from mess.ingest.importers.demo import DEFAULT_WORKS, DEMO_WORKS, describe, list_demo
+from mess.ingest.importers.demo import DEFAULT_WORKS, MAX_RENDITIONS, describe, list_demo
 from mess.runtime.endpoints import StackSettings
 
 from .stored import metadata_of, read_report, stored_objects
@@ -65,24 +64,20 @@ def test_demo_dry_run_lists_renditions_without_rendering(capsys: pytest.CaptureF
     assert "demo: 6 tracks, 0 problems" in printed.err
 
 
-def test_every_demo_work_is_a_corpus_work_with_a_known_composer() -> None:
-    assert len(DEMO_WORKS) == len(set(DEMO_WORKS)) >= DEFAULT_WORKS
-    for work in DEMO_WORKS:
-        assert corpus.getWork(work), f"{work} is not in music21's corpus"
-    eras = {work_info(work).era for work in DEMO_WORKS[:DEFAULT_WORKS]}
-    assert {"Renaissance", "Baroque", "Classical"} <= eras
-
-
-def test_default_demo_is_over_a_hundred_renditions_in_sibling_groups() -> None:
+def test_default_demo_is_over_a_hundred_renditions_of_real_corpus_works_in_sibling_groups() -> None:
     plan = list_demo()
     assert len(plan) == DEFAULT_WORKS * 3 >= 100
     by_work: dict[str, list[str]] = {}
     for demo in plan:
         by_work.setdefault(demo.rendition.work, []).append(demo.rendition.instrument)
-    assert all(players[0] == "piano" and len(set(players)) == 3 for players in by_work.values())
+    assert len(by_work) == DEFAULT_WORKS
+    for work, players in by_work.items():
+        assert corpus.getWork(work), f"{work} is not in music21's corpus"
+        assert players[0] == "piano" and len(set(players)) == 3
     assert len({demo.track.track_id for demo in plan}) == len(plan)
+    assert all(demo.track.metadata.composer_full and demo.track.metadata.era for demo in plan)
 
 
-def test_more_works_than_the_demo_has_is_a_setup_error() -> None:
-    with pytest.raises(ImportSetupError, match="works"):
-        list_demo(len(DEMO_WORKS) + 1)
+def test_more_renditions_than_the_corpus_knows_is_a_setup_error() -> None:
+    with pytest.raises(ImportSetupError, match="renditions"):
+        list_demo(2, MAX_RENDITIONS + 1)

@@ -7,12 +7,8 @@ variations of ``mess.corpus.demo_renditions``), and the renditions of one
 work share ``work`` (the corpus id), which makes them a ground truth for
 "sounds like".
 
-Which works: ``mess.corpus.demo_works`` names nested corpus files by their
-stem alone (``mozart/movement1`` for ``mozart/k155/movement1``), which the
-corpus cannot find, and picks whole Beethoven quartets that take minutes to
-render, so 14 of its first 40 fail and the run takes most of an hour. Until
-that is fixed there, this module plays its own list of short works that
-resolve and render with every variation (``DEMO_WORKS``), over three eras.
+Which works and which ways are ``mess.corpus.demo_renditions``'s choice, so
+the demo, the embedder's tests and the end-to-end test share one corpus.
 
 Rendering is CPU work, so it runs in a small process pool; uploads happen in
 this process as renditions come out. Renditions already in the bucket with
@@ -23,8 +19,7 @@ file importers do.
 import multiprocessing
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
-from itertools import zip_longest
+from dataclasses import dataclass
 from pathlib import Path
 
 from mess.contracts import TrackMetadata
@@ -48,41 +43,6 @@ MAX_RENDITIONS = 5  # mess.corpus knows five ways of playing a work
 DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_SAMPLE_RATE = 22050
 DEFAULT_RENDER_WORKERS = 2
-
-# Corpus ids (paths under music21's corpus, without the extension) of works
-# the renderer plays through with every variation. Two traps rule works out:
-# the renderer synthesises a whole work before cutting it to --max-seconds,
-# so length is rendering time; and music21's MIDI of many quartet movements
-# (Mozart K. 155/1, K. 80/1, Haydn Op. 1 No. 1/1-4, Beethoven, Schubert's
-# Lindenbaum, Monteverdi) leaves notes without a note-off, which a piano lets
-# decay but strings and organ hold for ever, so fluidsynth renders hours of
-# audio until its 120 s timeout. Every work below was checked to have no such
-# note. (Joplin's Maple Leaf Rag, the one Modern work, fails music21's repeat
-# expansion.) Interleaved in this order so any prefix mixes composers and eras.
-_CHORALES = tuple(
-    f"bach/bwv{number}"
-    for number in (
-        "1.6", "10.7", "101.7", "102.7", "103.6", "104.6", "108.6", "11.6", "110.7", "111.6", "113.8", "114.7",
-        "115.6", "116.6", "117.4", "119.9", "12.7", "120.6", "121.6", "122.6", "123.6", "124.6",
-    )
-)  # fmt: skip
-_MASS_MOVEMENTS = tuple(
-    f"palestrina/{name}"
-    for name in (
-        "Kyrie_00", "Agnus_00", "Benedictus_00", "Sanctus_00_a", "Kyrie_02", "Agnus_01", "Benedictus_02",
-        "Sanctus_01_a", "Kyrie_04", "Agnus_02", "Benedictus_04", "Sanctus_02_a", "Agnus_03", "Agnus_04",
-    )
-)  # fmt: skip
-_CLASSICAL_AND_OTHERS = (
-    "mozart/k155/movement3",
-    "corelli/opus3no1/1grave",
-    "haydn/opus1no1/movement5",
-    "handel/rinaldo/Lascia_chio_pianga",
-    "mozart/k545/movement1_exposition",
-)
-DEMO_WORKS: tuple[str, ...] = tuple(
-    work for trio in zip_longest(_CHORALES, _MASS_MOVEMENTS, _CLASSICAL_AND_OTHERS) for work in trio if work is not None
-)
 
 
 @dataclass(frozen=True)
@@ -116,22 +76,12 @@ def rendition_metadata(rendition: Rendition) -> TrackMetadata:
     )
 
 
-def demo_plan(works: int = DEFAULT_WORKS, renditions: int = DEFAULT_RENDITIONS) -> list[Rendition]:
-    """The first ``works`` of ``DEMO_WORKS``, each played ``renditions`` ways.
-
-    The ways are ``mess.corpus``'s own variations, read off its first demo
-    work, so they stay one list even while the works here differ from its.
-    """
-    if not 1 <= works <= len(DEMO_WORKS):
-        raise ImportSetupError(f"the demo has 1 to {len(DEMO_WORKS)} works, not {works}")
-    ways = demo_renditions(1, renditions)
-    return [replace(way, work=work) for work in DEMO_WORKS[:works] for way in ways]
-
-
 def list_demo(works: int = DEFAULT_WORKS, renditions: int = DEFAULT_RENDITIONS) -> list[DemoTrack]:
     """The renditions to render, ``works`` x ``renditions``, always the same ones."""
     out = []
-    for rendition in demo_plan(works, renditions):
+    if works < 1 or not 1 <= renditions <= MAX_RENDITIONS:
+        raise ImportSetupError(f"the demo needs at least one work and 1 to {MAX_RENDITIONS} renditions per work")
+    for rendition in demo_renditions(works, renditions):
         track = DatasetTrack(
             dataset=DATASET, relative_path=f"{rendition.name}.flac", metadata=rendition_metadata(rendition)
         )
