@@ -178,10 +178,14 @@ class DropBucket:
         per file and a resumed one asks only about files that may be there."""
         sizes: dict[str, int] = {}
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.dataset_prefix(dataset)):
-            for item in page.get("Contents", []):
-                if "Key" in item and "Size" in item:
-                    sizes[item["Key"]] = item["Size"]
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.dataset_prefix(dataset)):
+                for item in page.get("Contents", []):
+                    if "Key" in item and "Size" in item:
+                        sizes[item["Key"]] = item["Size"]
+        except (BotoCoreError, ClientError) as error:
+            # Without the listing nothing can be skipped safely: stop before uploading.
+            raise ImportSetupError(f"cannot list s3://{self.bucket}/{self.dataset_prefix(dataset)}: {error}") from error
         return sizes
 
     def holds(self, key: str, metadata: dict[str, str], size: int | None = None) -> bool:
