@@ -7,10 +7,14 @@ PACKAGES := libs/contracts libs/runtime libs/corpus tools/dev services/ingest se
 STAMP := $(VENV)/.installed
 PROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: run install system-packages up stack down status test test-unit test-integration lint format schemas schema-check bench clean
+.PHONY: run demo install system-packages up stack down status test test-unit test-integration lint format schemas schema-check bench clean
 
-## The main job: install, start the stack and the services, serve the API.
+DEMO_WORKS ?= 40
+DEMO_RENDITIONS ?= 3
+
+## The main job: install, start the stack and the services, ingest the demo corpus, serve the API.
 run: install up
+	$(BIN)/mess-dev demo --works $(DEMO_WORKS) --renditions $(DEMO_RENDITIONS)
 	@echo
 	@echo "mess is up:  API http://127.0.0.1:$${MESS_QUERY_PORT:-8000}   docs http://127.0.0.1:$${MESS_QUERY_PORT:-8000}/docs"
 	@echo "             ingest http://127.0.0.1:$${MESS_INGEST_PORT:-8001}   stop everything with: make down"

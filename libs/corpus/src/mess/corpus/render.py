@@ -217,13 +217,14 @@ def _corpus_works(composer: str) -> list[str]:
         # Prefer MusicXML when a work exists in several encodings.
         if work not in works or path.suffix == ".mxl":
             works[work] = relative
-    # Some chorales come in variants (``bwv112.5`` and ``bwv112.5-sc``, or
-    # ``bwv18.5-lz`` and ``bwv18.5-w``): the same music under two ids would pass
-    # for two works that sound alike, so keep one per base id.
+    # Some works come in variants (``bwv112.5`` and ``bwv112.5-sc``,
+    # ``bwv18.5-lz`` and ``bwv18.5-w``, ``madrigal.3.1`` and ``madrigal.3.1_old``):
+    # the same music under two ids would pass for two works that sound alike,
+    # so keep one per base id.
     seen: set[str] = set()
     distinct = []
     for work in works:
-        base = work.split("-", 1)[0]
+        base = work.split("-", 1)[0].removesuffix("_old")
         if work not in _UNUSABLE and base not in seen:
             seen.add(base)
             distinct.append(work)

@@ -59,7 +59,11 @@ def run_importer(works: int, renditions: int, max_seconds: float) -> None:
         "--max-seconds",
         str(max_seconds),
     ]
-    subprocess.run(command, check=True)  # noqa: S603 - our own module, fixed arguments
+    # Exit 1 means some renditions failed and were reported; the rest are in
+    # the bucket and worth following. Anything else means nothing useful ran.
+    result = subprocess.run(command, check=False)  # noqa: S603 - our own module, fixed arguments
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"the demo importer failed (exit {result.returncode})")
 
 
 def dropped_objects(settings: StackSettings) -> int:
