@@ -130,7 +130,7 @@ def show_recommendations(query_url: str, settings: StackSettings, examples: int 
                 continue
             body: dict[str, Any] = response.json()
             reference = body.get("reference_track", {})
-            print(f"\n  {strategy} to {reference.get('title') or track_id} ({reference.get('instrument', '?')}):")
+            print(f"\n  {strategy} to {reference.get('title') or track_id}:")
             for item in body.get("recommendations", []):
                 print(
                     f"    {item.get('similarity_score', 0):.3f}  {item.get('title') or item['track_id']}"

@@ -336,6 +336,10 @@ class LocalStack:
         state.started.append(StartedProcess(name=name, pid=pid, port=port, log=log_path))
         log.info("started %s (pid %d)%s", name, pid, f" on port {port}" if port else "")
 
+    def _reuse(self, state: StackState, name: str) -> None:
+        if name not in state.reused:
+            state.reused.append(name)
+
     def _already(self, state: StackState, name: str) -> bool:
         return any(p.name == name and process_alive(p.pid) for p in state.started)
 
@@ -345,7 +349,7 @@ class LocalStack:
         if not port_open(broker_host, broker_port):
             self._start(state, "broker", broker_command(broker_host, broker_port), broker_port)
         elif not self._already(state, "broker"):
-            state.reused.append("broker")
+            self._reuse(state, "broker")
         wait_for(lambda: broker_answers(s.kafka_bootstrap), "Kafka broker")
 
         if s.s3_endpoint_url:
@@ -353,7 +357,7 @@ class LocalStack:
             if not port_open(s3_host, s3_port):
                 self._start(state, "s3", moto_command(s3_host, s3_port), s3_port)
             elif not self._already(state, "s3"):
-                state.reused.append("s3")
+                self._reuse(state, "s3")
             wait_for(lambda: httpx.get(f"{s.s3_endpoint_url}/", timeout=2).status_code < 500, "S3 endpoint")
 
         pg_host, pg_port = host_port(s.postgres_dsn, 5432)
@@ -362,8 +366,8 @@ class LocalStack:
             state.started.append(
                 StartedProcess(name="postgres", pid=0, port=pg_port, log="", stop=f"pg_ctlcluster {version}")
             )
-        elif not self._already(state, "postgres") and not any(p.name == "postgres" for p in state.started):
-            state.reused.append("postgres")
+        elif not any(p.name == "postgres" for p in state.started):
+            self._reuse(state, "postgres")
         wait_for(lambda: port_open(pg_host, pg_port), "Postgres")
         wait_for(lambda: database_ready(s.postgres_dsn), "Postgres database")
 
@@ -373,7 +377,7 @@ class LocalStack:
                 apt_install("redis-server")
             self._start(state, "redis", redis_command(redis_host, redis_port), redis_port)
         elif not self._already(state, "redis"):
-            state.reused.append("redis")
+            self._reuse(state, "redis")
         wait_for(lambda: bool(redis.Redis.from_url(s.redis_url, socket_timeout=2).ping()), "Redis")
 
         created = asyncio.run(create_topics(s))
