@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=30_000, ge=6_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=500)
 
+    # --- shutdown -------------------------------------------------------------
+    # Kubernetes gives the pod 120 s from the start of its 5 s preStop sleep
+    # (deploy/k8s/base/embedder.yaml); 100 s leaves the rest for closing the
+    # clients before a SIGKILL could come.
+    shutdown_grace_s: int = Field(
+        default=100,
+        ge=1,
+        description="after SIGTERM: how long the in-flight poll batch may take to finish and commit",
+    )
+
     # --- retries --------------------------------------------------------------
     fetch_attempts: int = Field(default=5, ge=1, description="S3 reads before a transient error is dead-lettered")
     publish_attempts: int = Field(default=5, ge=1, description="broker sends before the poll batch is retried")

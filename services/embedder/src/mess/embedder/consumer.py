@@ -13,6 +13,13 @@ key). Nothing is committed past a record that has not been settled.
 A poll batch is processed while the consumer does not poll; aiokafka keeps
 heartbeating from its own task, and ``max_poll_interval_ms`` is set above the
 slowest batch, so a long GPU batch does not make the group rebalance.
+
+Shutdown. The consume loop polls only between batches, so stopping the
+broker (faststream marks the subscriber stopped, then waits up to its
+``graceful_timeout`` for the handler in progress) lets the batch in hand be
+settled and committed and fetches nothing more. A batch still running when
+that wait runs out is cancelled uncommitted and goes, whole, to the next
+consumer of the group.
 """
 
 import asyncio
@@ -39,6 +46,16 @@ from mess.embedder.storage import AudioStore, Backoff, RetriesExhaustedError
 from mess.runtime.deadletter import dead_letter
 
 log = logging.getLogger(__name__)
+
+# Of the shutdown grace, what closing the producer and leaving the group may
+# need once the in-flight batch is settled.
+CLOSE_RESERVE_S = 5.0
+
+
+def batch_drain_s(settings: Settings) -> float:
+    """How long stopping waits for the in-flight poll batch to settle and commit."""
+    grace = float(settings.shutdown_grace_s)
+    return max(grace / 2, grace - CLOSE_RESERVE_S)
 
 
 class Record(Protocol):
@@ -72,13 +89,29 @@ class AddedTrackHandler:
         self.store = store
         self.embedder = embedder
         self._io_slots = asyncio.Semaphore(settings.track_concurrency)
+        self.records_in_flight = 0  # of the poll batch being settled; 0 between batches
 
     async def handle_batch(self, message: KafkaMessage) -> None:
         records: tuple[Record, ...] = tuple(message.raw_message)
+        self.records_in_flight = len(records)
+        try:
+            await self._settle_and_commit(message, records)
+        finally:
+            self.records_in_flight = 0
+
+    async def _settle_and_commit(self, message: KafkaMessage, records: tuple[Record, ...]) -> None:
         started = time.monotonic()
         metrics.POLL_TRACKS.observe(len(records))
         try:
             await asyncio.gather(*(self.settle(record) for record in records))
+        except asyncio.CancelledError:
+            # Only a shutdown that outlived shutdown_grace_s cancels a batch.
+            # Nothing of it is committed, so the group redelivers all of it.
+            log.warning(
+                "a poll batch of %d records was cut off by the shutdown, uncommitted; it will be delivered again",
+                len(records),
+            )
+            raise
         except Exception:
             # Seek back to the first record of this batch on every partition:
             # the batch comes again, and nothing past it is committed.
@@ -222,6 +255,8 @@ def build_broker(settings: Settings) -> KafkaBroker:
         settings.stack.kafka_servers,
         client_id="mess-embedder",
         acks="all",
+        # broker.stop() waits this long for the poll batch in hand (see Shutdown above).
+        graceful_timeout=batch_drain_s(settings),
         # Topics are provisioned with their partitions and compaction by
         # mess-dev or the deployment; a consumer must never create them.
         allow_auto_create_topics=False,
@@ -248,4 +283,4 @@ def subscribe(broker: KafkaBroker, settings: Settings, handler: AddedTrackHandle
     subscriber(handler.handle_batch)
 
 
-__all__ = ["AddedTrackHandler", "PublishFailedError", "build_broker", "publisher", "subscribe"]
+__all__ = ["AddedTrackHandler", "PublishFailedError", "batch_drain_s", "build_broker", "publisher", "subscribe"]

@@ -4,6 +4,12 @@ The model loads first; if it cannot, the process stops with the reason before
 any message is consumed. Then the S3 client, the batcher and its threads,
 and last the Kafka consumer, so no TrackAdded is taken before everything it
 needs is ready.
+
+Shutdown (SIGTERM) runs the same list backwards, so the consumer goes
+first: it stops fetching, the poll batch in hand is embedded, its outputs
+published and its offsets committed (up to ``shutdown_grace_s``), the
+producer is flushed and closed, and only then do the S3 client, the batcher,
+its threads and the model go.
 """
 
 import asyncio
@@ -23,7 +29,7 @@ from mess.embedder.audio import AudioLimits
 from mess.embedder.backends import EmbeddingBackend, ModelLoadError, build_backend
 from mess.embedder.batching import ChunkBatcher
 from mess.embedder.config import Settings
-from mess.embedder.consumer import AddedTrackHandler, build_broker, publisher, subscribe
+from mess.embedder.consumer import AddedTrackHandler, batch_drain_s, build_broker, publisher, subscribe
 from mess.embedder.embedding import ChunkPlan, TrackEmbedder
 from mess.embedder.storage import CLIENT_CONFIG, AudioStore, Backoff
 
@@ -54,6 +60,28 @@ def load_backend(settings: Settings) -> EmbeddingBackend:
     except ModelLoadError as exc:
         log.critical("the %s model cannot be loaded, stopping: %s", settings.backend, exc)
         raise
+
+
+async def stop_consuming(settings: Settings, broker: KafkaBroker, handler: AddedTrackHandler) -> None:
+    """Finish and commit the poll batch in hand, fetch nothing more, close the
+    consumer and producer; never longer than ``shutdown_grace_s``."""
+    if handler.records_in_flight:
+        log.info(
+            "stopping: fetching no more; finishing the poll batch of %d tracks in hand (up to %.0f s)",
+            handler.records_in_flight,
+            batch_drain_s(settings),
+        )
+    else:
+        log.info("stopping: fetching no more; no poll batch in hand")
+    try:
+        # broker.stop() itself bounds the wait for the batch; this bounds the
+        # group leave and producer flush after it, so the process always exits.
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            await broker.stop()
+    except TimeoutError:
+        log.error("the Kafka clients did not close within %d s; exiting without them", settings.shutdown_grace_s)
+        return
+    log.info("consumer and producer closed")
 
 
 def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -105,7 +133,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
             handler = AddedTrackHandler(settings, publisher(broker, publish_backoff), store, embedder)
             subscribe(broker, settings, handler)
             await broker.start()
-            stack.push_async_callback(broker.stop)
+            stack.push_async_callback(stop_consuming, settings, broker, handler)
             log.info(
                 "consuming %s as group %s (poll: %d tracks / %d ms; batch: %d chunks / %d ms)",
                 settings.stack.topics.tracks_added,
