@@ -7,7 +7,7 @@ PACKAGES := libs/contracts libs/runtime libs/corpus tools/dev services/ingest se
 STAMP := $(VENV)/.installed
 PROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: run demo install system-packages up stack down status test test-unit test-integration lint format schemas schema-check bench clean
+.PHONY: run demo deploy-check install system-packages up stack down status test test-unit test-integration lint format schemas schema-check bench clean
 
 DEMO_WORKS ?= 40
 DEMO_RENDITIONS ?= 3
@@ -78,6 +78,10 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## Render and validate docker-compose.yml and every kustomize overlay (installs its tools into .venv).
+deploy-check: install
+	bash deploy/check.sh
 
 schemas: install
 	$(BIN)/mess-dev schemas export
