@@ -1,7 +1,6 @@
 """`python -m mess.ingest` starts on its own (as `make up` runs it) and refuses bad configuration."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,8 +33,8 @@ def test_module_starts_and_answers_health_and_metrics(stack_env: dict[str, str])
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0].decode(errors="replace")
-    # uvicorn finishes the shutdown, then re-raises SIGTERM so the exit status tells how it ended.
-    assert process.returncode in (0, -signal.SIGTERM), output
+    # A graceful SIGTERM shutdown is a clean exit (mess.runtime.serving), not death by the signal.
+    assert process.returncode == 0, output
     assert "Application shutdown complete" in output
 
 

@@ -1,17 +1,18 @@
-"""`python -m mess.ingest` runs the service."""
+"""`python -m mess.ingest` runs the service; it exits 0 after a graceful SIGTERM, 3 when start-up failed."""
 
-import uvicorn
+import sys
 
 from mess.ingest.config import Settings
 from mess.ingest.main import create_app
 from mess.runtime.logging import configure_logging
+from mess.runtime.serving import serve
 
 
-def main() -> None:
+def main() -> int:
     settings = Settings()
     configure_logging("ingest", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    return serve(create_app(settings), host=settings.host, port=settings.port, graceful_s=settings.shutdown_grace_s)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     port: int = Field(default=8001, ge=1, le=65535)
     log_level: str = "INFO"
     stack: StackSettings = Field(default_factory=StackSettings)
+    shutdown_grace_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="after SIGTERM, in-flight uploads, drops and status updates get this long to finish and "
+        "commit, and the relay to publish them; then what is left is cancelled (Kubernetes gives 45 s, "
+        "10 of them taken by the preStop sleep)",
+    )
 
     # --- access ----------------------------------------------------------------
     environment: Literal["development", "production"] = Field(

@@ -13,6 +13,10 @@ UPLOAD_SECONDS = Histogram(
     "time to receive, store, validate and register an upload",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+UPLOADS_IN_PROGRESS = Gauge("mess_ingest_uploads_in_progress", "uploads being received, validated or registered now")
+DROPS_IN_PROGRESS = Gauge(
+    "mess_ingest_drops_in_progress", "dropped objects being downloaded, validated or registered now"
+)
 DROPPED_OBJECTS = Counter("mess_ingest_dropped_objects_total", "objects under the drop prefix handled", ["outcome"])
 SQS_NOTICES = Counter("mess_ingest_sqs_notices_total", "SQS messages handled", ["outcome"])
 OUTBOX_PUBLISHED = Counter("mess_ingest_outbox_published_total", "outbox events published to the broker", ["topic"])

@@ -9,7 +9,9 @@ published twice but never skipped or reordered ahead of an earlier one.
 While the broker is down nothing is marked and the relay retries with
 backoff, so uploads keep succeeding and their events go out when it returns.
 The relay wakes on the NOTIFY the registry sends at commit, with a poll as
-the backstop.
+the backstop. When the service stops, ``finish`` makes it publish what is
+pending once more and return, so an upload committed during the shutdown
+leaves with it rather than waiting for the next start.
 """
 
 from __future__ import annotations
@@ -45,19 +47,47 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
         self._last_cleanup = 0.0
         self._last_measured = 0.0
+        self._finishing = False
+        self._finish_asked = asyncio.Event()
         self.is_leader = False
 
+    @property
+    def finish_requested(self) -> bool:
+        return self._finishing
+
+    def finish(self) -> None:
+        """Publish what is pending now, then return from ``run`` (the service is stopping).
+
+        Called once nothing else will write outbox rows in this process, so one
+        pass that starts after this call and finds the outbox drained has
+        published everything this process committed. A broker failure during
+        that pass ends it too: the rows stay in the outbox for the next relay.
+        """
+        self._finishing = True
+        self._finish_asked.set()
+        self._wake.set()
+
     async def run(self) -> None:
-        """Relay forever; every failure (Postgres or broker) is retried with backoff."""
+        """Relay until ``finish``; every failure (Postgres or broker) is retried with backoff until then."""
         delay = 0.2
         while True:
             try:
                 await self._relay_while_leader()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 metrics.RELAY_FAILURES.labels("postgres").inc()
+                if self._finishing:
+                    log.warning("outbox relay lost Postgres while finishing (%s); pending rows wait for the next", exc)
+                    return
                 log.warning("outbox relay lost Postgres (%s); retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
+            if self._finishing:
+                return
+            await self._pause(delay)
             delay = min(delay * 2, self.settings.relay_retry_max_s)
+
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep, but wake at once when ``finish`` is called (or ``wake`` is set)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((wake or self._finish_asked).wait(), timeout=seconds)
 
     async def _relay_while_leader(self) -> None:
         connection = await asyncpg.connect(
@@ -65,29 +95,42 @@ class OutboxRelay:
         )
         lock_key = f"mess.ingest.outbox:{self.stack.postgres_schema}"
         try:
-            while not await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock_key):  # noqa: ASYNC110
-                await asyncio.sleep(self.settings.relay_poll_s)  # another replica relays; take over when it dies
+            while not await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock_key):
+                if self._finishing:
+                    return  # the leading replica publishes what this one committed
+                await self._pause(self.settings.relay_poll_s)  # another replica relays; take over when it dies
             self.is_leader = True
             await connection.add_listener(outbox_channel(self.stack.postgres_schema), self._on_notify)
             log.info("outbox relay active for schema %s", self.stack.postgres_schema)
             broker_delay = 0.2
             while True:
                 self._wake.clear()
+                # Only a pass that began after finish() was asked for has seen every row committed before it.
+                final_pass = self._finishing
                 try:
                     sent = await self.publish_pending(connection)
                 except (KafkaError, OSError, TimeoutError) as exc:
                     metrics.RELAY_FAILURES.labels("broker").inc()
-                    log.warning("broker unavailable to the outbox relay (%r); retrying in %.1f s", exc, broker_delay)
                     await self._drop_producer()
-                    await asyncio.sleep(broker_delay)
+                    if final_pass:
+                        log.warning(
+                            "broker unavailable to the outbox relay while stopping (%r); "
+                            "pending events stay in the outbox for the next relay",
+                            exc,
+                        )
+                        return
+                    log.warning("broker unavailable to the outbox relay (%r); retrying in %.1f s", exc, broker_delay)
+                    await self._pause(broker_delay)
                     broker_delay = min(broker_delay * 2, self.settings.relay_retry_max_s)
                     continue
                 broker_delay = 0.2
                 if sent >= self.settings.relay_batch:
                     continue  # more are waiting
+                if final_pass:
+                    log.info("outbox relay stopped with the outbox drained")
+                    return
                 await self._cleanup(connection)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.relay_poll_s)
+                await self._pause(self.settings.relay_poll_s, wake=self._wake)  # NOTIFY or finish()
         finally:
             self.is_leader = False
             await self._drop_producer()

@@ -25,6 +25,7 @@ from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.status import SnapshotUnreadableError
 from mess.ingest.store import is_missing
+from mess.ingest.termination import wait_or_stop
 
 if TYPE_CHECKING:
     from mess.ingest.config import Settings
@@ -44,17 +45,23 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(
-        self, settings: Settings, store: AudioStore, registry: TrackRegistry, membership: SnapshotMembership
+        self,
+        settings: Settings,
+        store: AudioStore,
+        registry: TrackRegistry,
+        membership: SnapshotMembership,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.membership = membership
+        self.stopping = stopping or asyncio.Event()
         self._applied_version: str | None = None
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reconcile_interval_s)
+        """A pass every interval until the service stops; a pass under way when it does is finished."""
+        while not await wait_or_stop(self.stopping, self.settings.reconcile_interval_s):
             try:
                 report = await self.reconcile_once()
             except BACKEND_ERRORS as exc:
@@ -62,6 +69,7 @@ class Reconciler:
                 continue
             if report.reannounced:
                 log.info("re-announced %d track(s) not indexed in time", len(report.reannounced))
+        log.info("reconciler stopped")
 
     async def reconcile_once(self) -> ReconcileReport:
         version = await self._latest_version()

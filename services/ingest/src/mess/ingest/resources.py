@@ -4,6 +4,18 @@ Postgres is required at start (migrations run first, and a missing database
 is a configuration error worth failing loudly for). S3, SQS and the broker
 may be down at start or later: the loops that use them retry with backoff,
 readiness reports them, and uploads keep working while only the broker is away.
+
+Stopping (SIGTERM, then the lifespan shutdown) goes in this order, every wait
+bounded by what is left of ``shutdown_grace_s`` since the signal:
+
+1. at the signal, the SQS worker, drop scan, reconciler and status consumer
+   stop taking new work, while uvicorn stops accepting connections and lets
+   the uploads in flight finish;
+2. the objects, reconcile pass and status event in hand are finished and
+   committed (SQS messages deleted, offsets committed); those loops end;
+3. the relay publishes every outbox row committed so far and ends (with the
+   broker down, the rows stay in the outbox for the next start);
+4. the broker probe, SQS and S3 clients and the Postgres pool are closed.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from mess.ingest.registry import TrackRegistry
 from mess.ingest.s3drop import DropIngestor, DropNoticeWorker, DropScan
 from mess.ingest.status import SnapshotMembership, TrackStatusFollower
 from mess.ingest.store import AudioStore
+from mess.ingest.termination import Termination, finish_within
 from mess.ingest.uploads import UploadIntake
 
 if TYPE_CHECKING:
@@ -39,6 +52,8 @@ log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT_S = 2.0
 _RESTART_AFTER_CRASH_S = 5.0
+# Closing a pool whose connections were all given back is instant; this only bounds a stuck one.
+_POOL_CLOSE_S = 5.0
 
 
 class BrokerProbe:
@@ -85,7 +100,22 @@ class IngestResources:
     follower: TrackStatusFollower
     reconciler: Reconciler
     broker_probe: BrokerProbe
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    termination: Termination
+    # Loops that take new work (SQS worker, drop scan, status consumer, reconciler), and the relay
+    # that publishes what they and the uploads committed: stopped in that order.
+    intake_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    relay_task: asyncio.Task[None] | None = None
+
+    async def drain(self) -> None:
+        """Finish and commit the work in hand, publish it, and end every loop, within the grace period."""
+        termination = self.termination
+        termination.request()  # a no-op after SIGTERM; starts the clock when the shutdown came another way
+        if self.ingestor.in_progress:
+            log.info("finishing %d dropped object(s) in progress", self.ingestor.in_progress)
+        await finish_within(self.intake_tasks, termination.remaining(), "stopping")
+        if self.relay_task is not None:
+            self.relay.finish()
+            await finish_within([self.relay_task], termination.remaining(), "stopping")
 
     async def readiness(self) -> dict[str, bool]:
         postgres, s3, broker = await asyncio.gather(
@@ -101,22 +131,38 @@ async def _within(check: Awaitable[bool]) -> bool:
         return False
 
 
-async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-    """Run a background loop forever; a bug that escapes it is logged and the loop restarted, not silently lost."""
+async def _supervised(name: str, loop: Callable[[], Awaitable[None]], stopped: Callable[[], bool]) -> None:
+    """Run a background loop until the service stops; a bug that escapes it is logged and the loop
+    restarted, not silently lost. A loop returns by itself only when told to stop."""
     while True:
         try:
             await loop()
+            if stopped():
+                return
             log.error("%s returned; restarting it", name)
         except asyncio.CancelledError:
             raise
         except Exception:
+            if stopped():
+                log.exception("%s crashed while stopping", name)
+                return
             log.exception("%s crashed; restarting it in %.0f s", name, _RESTART_AFTER_CRASH_S)
         await asyncio.sleep(_RESTART_AFTER_CRASH_S)
+
+
+async def _close_pool(db: Database) -> None:
+    try:
+        await asyncio.wait_for(db.pool.close(), timeout=_POOL_CLOSE_S)
+    except TimeoutError:
+        log.warning("Postgres pool did not close within %.0f s; terminating its connections", _POOL_CLOSE_S)
+        db.pool.terminate()
 
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[IngestResources]:
     stack = settings.stack
+    termination = Termination(settings.shutdown_grace_s)
+    stopping = termination.requested
     applied = await apply_migrations(stack)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
@@ -128,7 +174,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[IngestResources]:
             acquire_timeout_s=settings.pg_acquire_timeout_s,
             command_timeout_s=settings.pg_command_timeout_s,
         )
-        exits.push_async_callback(db.pool.close)
+        exits.push_async_callback(_close_pool, db)
         session = get_session()
         client_kwargs: dict[str, Any] = stack.s3_client_kwargs()
         s3: S3Client = await exits.enter_async_context(
@@ -150,7 +196,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[IngestResources]:
         )
         store = AudioStore(s3, stack.bucket, settings.s3_part_bytes)
         registry = TrackRegistry(db, stack.postgres_schema)
-        ingestor = DropIngestor(settings, store, registry)
+        ingestor = DropIngestor(settings, store, registry, stopping)
         membership = SnapshotMembership(store, registry)
         resources = IngestResources(
             settings=settings,
@@ -163,26 +209,31 @@ async def open_resources(settings: Settings) -> AsyncIterator[IngestResources]:
             relay=OutboxRelay(settings),
             notices=DropNoticeWorker(settings, sqs, ingestor, registry),
             scan=DropScan(settings, store, ingestor, registry),
-            follower=TrackStatusFollower(settings, registry, membership),
-            reconciler=Reconciler(settings, store, registry, membership),
+            follower=TrackStatusFollower(settings, registry, membership, stopping),
+            reconciler=Reconciler(settings, store, registry, membership, stopping),
             broker_probe=BrokerProbe(stack.kafka_servers, settings.kafka_timeout_ms),
+            termination=termination,
         )
         exits.push_async_callback(resources.broker_probe.close)
-        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-        if settings.relay_enabled:
-            loops.append(("outbox relay", resources.relay.run))
+        intake: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if settings.drop_worker_enabled:
-            loops.append(("SQS drop worker", resources.notices.run))
+            intake.append(("SQS drop worker", resources.notices.run))
             if settings.drop_scan_interval_s > 0:
-                loops.append(("drop scan", resources.scan.run))
+                intake.append(("drop scan", resources.scan.run))
         if settings.status_enabled:
-            loops.append(("status consumer", resources.follower.run))
+            intake.append(("status consumer", resources.follower.run))
         if settings.reconciler_enabled:
-            loops.append(("reconciler", resources.reconciler.run))
-        resources.tasks = [asyncio.create_task(_supervised(name, loop), name=name) for name, loop in loops]
-        try:
-            yield resources
-        finally:
-            for task in resources.tasks:
-                task.cancel()
-            await asyncio.gather(*resources.tasks, return_exceptions=True)
+            intake.append(("reconciler", resources.reconciler.run))
+        with termination.watch_signals():
+            resources.intake_tasks = [
+                asyncio.create_task(_supervised(name, loop, stopping.is_set), name=name) for name, loop in intake
+            ]
+            if settings.relay_enabled:
+                relay = resources.relay
+                resources.relay_task = asyncio.create_task(
+                    _supervised("outbox relay", relay.run, lambda: relay.finish_requested), name="outbox relay"
+                )
+            try:
+                yield resources
+            finally:
+                await resources.drain()

@@ -11,6 +11,11 @@ Two roads lead here, and both end in ``DropIngestor.ingest``:
 * ``DropScan`` lists the prefix now and then and ingests what no notice
   brought (a lost notice, a queue created after the object).
 
+When the service stops, both stop taking new objects at once; the objects
+already being handled are finished and committed (and their messages
+deleted), and notices received but not started are handed back to the queue
+for another replica.
+
 An object is validated exactly like an upload. One that is not acceptable
 audio is recorded as rejected (with its ETag, so it is tried again only when
 it changes), shown as a failed track when its id is known, and dead-lettered.
@@ -23,6 +28,7 @@ its sha256, its title the file name and its tags the folders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,6 +49,7 @@ from mess.ingest.audio import AudioLimits, UnacceptableAudioError, inspect_audio
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.registry import DropSource, RejectedContent, StoredAudio, TrackCandidate
 from mess.ingest.store import is_missing
+from mess.ingest.termination import wait_or_stop
 from mess.runtime.deadletter import dead_letter
 
 if TYPE_CHECKING:
@@ -74,6 +81,10 @@ class DropIdentity:
     dataset: str
     track_id: str | None  # None: derived from the content hash
     metadata: TrackMetadata
+
+
+class DropIntakeStoppedError(Exception):
+    """The service is stopping: this object was not started and is left for later (another replica, a restart)."""
 
 
 class DropMetadataError(Exception):
@@ -113,20 +124,38 @@ def identity_of(key: str, prefix: str, user_metadata: dict[str, str]) -> DropIde
 class DropIngestor:
     """Turns one object under the drop prefix into a track, or into a recorded rejection."""
 
-    def __init__(self, settings: Settings, store: AudioStore, registry: TrackRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: AudioStore,
+        registry: TrackRegistry,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         self.settings = settings
         self.prefix = settings.stack.drop_prefix
         self.store = store
         self.registry = registry
         self.limits = AudioLimits(settings.min_duration_s, settings.max_duration_s, settings.silence_peak)
+        self.stopping = stopping or asyncio.Event()
         # Decoding is CPU-bound: bound how many objects are validated at once, notices and scans together.
         self._slots = asyncio.Semaphore(settings.drop_concurrency)
+        self.in_progress = 0
 
     async def ingest(self, key: str, etag: str | None = None) -> DropOutcome:
+        """Ingest one object; raises ``DropIntakeStoppedError`` when the service stopped before it began."""
         if not key.startswith(self.prefix) or key.endswith("/"):
             return DropOutcome(key, "skipped", reason="not an object under the drop prefix")
         async with self._slots:
-            outcome = await self._ingest(key, etag)
+            # Checked after the wait for a slot: an object that waited through the stop request is not started.
+            if self.stopping.is_set():
+                raise DropIntakeStoppedError(key)
+            self.in_progress += 1
+            metrics.DROPS_IN_PROGRESS.inc()
+            try:
+                outcome = await self._ingest(key, etag)
+            finally:
+                self.in_progress -= 1
+                metrics.DROPS_IN_PROGRESS.dec()
         metrics.DROPPED_OBJECTS.labels(outcome.outcome).inc()
         if outcome.outcome == "rejected":
             log.info("dropped object %s rejected: %s", key, outcome.reason)
@@ -261,19 +290,23 @@ class DropNoticeWorker:
         self.settings = settings
         self.sqs = sqs
         self.ingestor = ingestor
+        self.stopping = ingestor.stopping
         self.registry = registry
         self.queue_url: str | None = None
 
     async def run(self) -> None:
+        """Poll until the service stops; the messages of the last poll are settled before this returns."""
         delay = 0.5
-        while True:
+        while not self.stopping.is_set():
             try:
                 await self.poll_once()
                 delay = 0.5
             except BACKEND_ERRORS as exc:
                 log.warning("SQS polling failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                if await wait_or_stop(self.stopping, delay):
+                    break
                 delay = min(delay * 2, 30.0)
+        log.info("SQS drop worker stopped polling")
 
     async def _queue_url(self) -> str:
         if self.queue_url is None:
@@ -284,13 +317,28 @@ class DropNoticeWorker:
     async def poll_once(self) -> int:
         """One long poll; returns how many messages were received."""
         queue_url = await self._queue_url()
-        answer = await self.sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=self.settings.sqs_wait_s,
-            VisibilityTimeout=self.settings.sqs_visibility_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        receiving = asyncio.ensure_future(
+            self.sqs.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=self.settings.sqs_wait_s,
+                VisibilityTimeout=self.settings.sqs_visibility_s,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
         )
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({receiving, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not receiving.done():
+            # Stopping during a long poll: abandon it rather than wait it out. Should SQS have handed
+            # out a message in that very instant, it reappears after the visibility timeout.
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+            return 0
+        answer = receiving.result()
         messages = answer.get("Messages", [])
         await asyncio.gather(*(self.handle(queue_url, message) for message in messages))
         return len(messages)
@@ -317,11 +365,24 @@ class DropNoticeWorker:
                     )
                     continue
                 await self.ingestor.ingest(notice.key, notice.etag)
+        except DropIntakeStoppedError:
+            await self._hand_back(queue_url, message)
+            return
         except BACKEND_ERRORS as exc:
             await self._retry_later(queue_url, message, body, exc)
             return
         await self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
         metrics.SQS_NOTICES.labels("handled" if notices else "test_event").inc()
+
+    async def _hand_back(self, queue_url: str, message: MessageTypeDef) -> None:
+        """A notice not started before the stop: visible again at once, for another replica or the next start."""
+        try:
+            await self.sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        except BACKEND_ERRORS:
+            log.debug("could not hand a notice back; it returns after the visibility timeout")
+        metrics.SQS_NOTICES.labels("handed_back").inc()
 
     async def _retry_later(self, queue_url: str, message: MessageTypeDef, body: str, exc: BaseException) -> None:
         receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
@@ -359,23 +420,28 @@ class DropScan:
         self.settings = settings
         self.store = store
         self.ingestor = ingestor
+        self.stopping = ingestor.stopping
         self.registry = registry
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             try:
                 found = await self.scan_once()
                 if found:
                     log.info("drop scan ingested %d object(s) that no notice brought", found)
             except BACKEND_ERRORS as exc:
                 log.warning("drop scan failed (%s); next try in %.0f s", exc, self.settings.drop_scan_interval_s)
-            await asyncio.sleep(self.settings.drop_scan_interval_s)
+            if await wait_or_stop(self.stopping, self.settings.drop_scan_interval_s):
+                break
+        log.info("drop scan stopped")
 
     async def scan_once(self) -> int:
         """One pass over the prefix; returns how many objects it handed to the ingestor."""
         handed = 0
         paginator = self.store.s3.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.store.bucket, Prefix=self.settings.stack.drop_prefix):
+            if self.stopping.is_set():
+                break
             objects = [
                 DropSource(item["Key"], (item.get("ETag") or "").strip('"') or None)
                 for item in page.get("Contents", [])
@@ -387,6 +453,8 @@ class DropScan:
                 *(self.ingestor.ingest(o.key, o.etag) for o in waiting), return_exceptions=True
             )
             for source, outcome in zip(waiting, outcomes, strict=True):
+                if isinstance(outcome, DropIntakeStoppedError):
+                    continue  # the next scan (here or on another replica) takes it
                 if isinstance(outcome, BaseException):
                     if not isinstance(outcome, BACKEND_ERRORS):
                         raise outcome

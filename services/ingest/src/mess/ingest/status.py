@@ -16,6 +16,11 @@ once; an update that fails for a transient reason (Postgres, S3) is retried
 with backoff, then dead-lettered too (the reconciler heals what that skips).
 Only when even the dead letter cannot be published is the message left
 uncommitted, to be read again.
+
+When the service stops, the consumer stops fetching at once, lets the event
+in hand finish and commits it (faststream's graceful stop); an event that is
+still waiting out a transient failure then is left uncommitted instead of
+being dead-lettered, so whoever owns the partition next reads it again.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from mess.contracts.storage import SnapshotManifest, split_s3_uri
 from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.store import is_missing
+from mess.ingest.termination import wait_or_stop
 from mess.runtime.deadletter import dead_letter
 
 if TYPE_CHECKING:
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MARK_CHUNK = 10_000
+_STOP_AFTER_FAILED_START_S = 10.0
 
 
 class SnapshotUnreadableError(Exception):
@@ -97,11 +104,18 @@ class SnapshotMembership:
 class TrackStatusFollower:
     """The status consumer: a faststream broker built (and rebuilt after a broker outage) in ``run``."""
 
-    def __init__(self, settings: Settings, registry: TrackRegistry, membership: SnapshotMembership) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: TrackRegistry,
+        membership: SnapshotMembership,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         self.settings = settings
         self.topics = settings.stack.topics
         self.registry = registry
         self.membership = membership
+        self.stopping = stopping or asyncio.Event()
         self.broker: KafkaBroker | None = None
         self.started = asyncio.Event()
 
@@ -111,6 +125,8 @@ class TrackStatusFollower:
             # Not kafka_timeout_ms: a JoinGroup answer may wait out the group's rebalance, so this must exceed it.
             client_id="mess-ingest-status",
             log_level=logging.DEBUG,  # faststream logs every message at its level; keep that out of INFO
+            # stop() waits this long for the event in hand to be handled and committed.
+            graceful_timeout=float(self.settings.shutdown_grace_s),
         )
         broker.subscriber(
             self.topics.tracks_embedded,
@@ -125,8 +141,9 @@ class TrackStatusFollower:
         return broker
 
     async def run(self) -> None:
+        """Consume until the service stops; returns once the event in hand is handled and committed."""
         delay = 0.5
-        while True:
+        while not self.stopping.is_set():
             broker = self.build_broker()
             # Set before start: handlers may run (and dead-letter through it) as soon as consumers start.
             self.broker = broker
@@ -135,18 +152,22 @@ class TrackStatusFollower:
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("status consumer cannot reach the broker (%s); retrying in %.1f s", exc, delay)
                 self.broker = None
-                await _stop_quietly(broker)
-                await asyncio.sleep(delay)
+                await _stop_quietly(broker, _STOP_AFTER_FAILED_START_S)
+                if await wait_or_stop(self.stopping, delay):
+                    break
                 delay = min(delay * 2, 30.0)
                 continue
             self.started.set()
             try:
                 # aiokafka reconnects by itself once started; this task only owns the broker's lifetime.
-                await asyncio.Event().wait()
+                await self.stopping.wait()
             finally:
-                self.broker = None
                 self.started.clear()
-                await _stop_quietly(broker)
+                # Graceful: fetching stops, the handler in progress finishes (it may still dead-letter
+                # through this broker) and its offset is committed, then the consumer leaves the group.
+                await _stop_quietly(broker, float(self.settings.shutdown_grace_s))
+                self.broker = None
+        log.info("status consumer stopped")
 
     async def handle(self, message: KafkaMessage) -> None:
         record = message.raw_message
@@ -169,7 +190,10 @@ class TrackStatusFollower:
             except BACKEND_ERRORS as exc:
                 last_error = exc
                 log.warning("status update from %s failed (attempt %d): %s", topic, attempt, exc)
-                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+                if await wait_or_stop(self.stopping, min(0.5 * 2**attempt, 10.0)):
+                    # Stopping: rather than dead-letter an update that might succeed, leave it
+                    # uncommitted (the exception makes faststream skip the commit) to be read again.
+                    raise
                 continue
             metrics.STATUS_EVENTS.labels(kind, outcome).inc()
             return
@@ -237,8 +261,8 @@ class TrackStatusFollower:
         log.warning("dead-lettered %s:%s@%s: %s", record.topic, record.partition, record.offset, error)
 
 
-async def _stop_quietly(broker: KafkaBroker) -> None:
+async def _stop_quietly(broker: KafkaBroker, timeout_s: float) -> None:
     try:
-        await asyncio.wait_for(broker.stop(), timeout=10)
+        await asyncio.wait_for(broker.stop(), timeout=timeout_s)
     except (KafkaError, OSError, TimeoutError, RuntimeError):
         log.debug("status broker did not stop cleanly", exc_info=True)

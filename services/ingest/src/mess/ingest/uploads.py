@@ -219,7 +219,11 @@ class UploadIntake:
         boundary = self._boundary(request)
         self._check_declared_length(request)
         async with self._slots:
-            return await self._accept(request, boundary)
+            metrics.UPLOADS_IN_PROGRESS.inc()
+            try:
+                return await self._accept(request, boundary)
+            finally:
+                metrics.UPLOADS_IN_PROGRESS.dec()
 
     async def _accept(self, request: Request, boundary: bytes) -> UploadResult:
         staged = self.store.staged_upload()
