@@ -2,14 +2,15 @@
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
-
-import uvicorn
 
 from mess.indexer.config import Settings
 from mess.indexer.main import create_app
 from mess.indexer.rebuild import rebuild, rebuild_settings
 from mess.runtime.logging import configure_logging
+from mess.runtime.serving import serve
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -25,19 +26,21 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def serve(settings: Settings) -> int:
+def run_service(settings: Settings) -> int:
+    """Exit status: 0 after a SIGTERM with everything applied published, 1 when
+    the indexer stopped on an error, 3 when the app could not start."""
     failures: list[BaseException] = []
-    server: uvicorn.Server | None = None
 
     def on_fatal(error: BaseException) -> None:
         failures.append(error)
-        if server is not None:
-            server.should_exit = True
+        # The server is mess.runtime.serving's own; a SIGTERM to this process
+        # is how it is told to stop, and the lifespan then closes the clients
+        # (publishing nothing more: the indexer stopped on an error).
+        os.kill(os.getpid(), signal.SIGTERM)
 
     app = create_app(settings, on_fatal=on_fatal)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None))
-    server.run()
-    return 1 if failures else 0
+    status = serve(app, host=settings.host, port=settings.port, graceful_s=settings.shutdown_grace_s)
+    return 1 if failures else status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(rebuild(settings))
         print("\n".join(report.lines()))
         return 0
-    return serve(settings)
+    return run_service(settings)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="how often LATEST is read to notice a snapshot another writer published"
     )
     retry_s: float = Field(default=5.0, gt=0, description="wait before retrying a failed snapshot")
+    # Kubernetes gives the pod 90 s from the start of its 5 s preStop sleep
+    # (deploy/k8s/base/indexer.yaml); 75 s leaves room to close the clients.
+    shutdown_grace_s: int = Field(
+        default=75,
+        ge=1,
+        description="after SIGTERM: how long finishing the snapshot in hand and publishing a final one may take",
+    )
 
     @model_validator(mode="after")
     def _factory_is_tunable(self) -> Self:

@@ -15,14 +15,23 @@ new snapshot and its offsets.
 
 Errors are crash-only beyond that: anything unexpected ends ``run`` and the
 process; the next start resumes from LATEST, which is always consistent.
+
+A graceful stop (SIGTERM, ``shut_down``) is not a crash: consumption stops
+after the batch in hand, a snapshot being written completes, and one more
+is published holding every change applied since, so the successor starts
+exactly where this process stopped, with nothing to replay, and finds the
+publish lease free.
 """
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import faiss
@@ -60,6 +69,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 def build_options(settings: Settings) -> BuildOptions:
     return BuildOptions(
@@ -85,6 +96,33 @@ def snapshot_event(store: SnapshotStore, published: StoredManifest, rebuilt_shar
         ),
         model=manifest.model,
     )
+
+
+async def in_daemon_thread(work: Callable[[], T], name: str) -> T:
+    """Run blocking ``work`` in a thread of its own, like ``asyncio.to_thread``,
+    except that the thread is a daemon: a snapshot publish that outlives the
+    shutdown grace does not keep the process from exiting (it ends as a kill
+    would end it, which the publish order makes safe)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # the waiter may have given up (cancelled) meanwhile
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, as to_thread does
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
 
 
 @dataclass
@@ -122,6 +160,7 @@ class Indexer:
         self._stopping = asyncio.Event()
         self.consuming = False
         self.last_publish_ok = True
+        self.latest_moved = False  # the last publish failed because another writer moved LATEST
 
     # --- life cycle ---------------------------------------------------------
 
@@ -151,6 +190,73 @@ class Indexer:
     def request_stop(self) -> None:
         """Ask ``run`` to return after the current batch."""
         self._stopping.set()
+
+    async def shut_down(self, run: "asyncio.Task[None]", grace_s: float) -> None:
+        """Stop gracefully (SIGTERM), never taking longer than ``grace_s``.
+
+        In order: ``run`` returns once the batch in hand is applied (nothing
+        more is fetched); a snapshot being written completes; a final one is
+        published holding every change applied since (files, manifest with
+        the offsets, LATEST, SnapshotPublished, the group's offsets), releasing
+        the lease; then the consumer and producer close. If ``run`` had ended
+        on an error, nothing more is published (crash-only: the next start
+        resumes from LATEST). Whatever the grace does not cover is left as a
+        kill would leave it, which the publish order makes safe.
+        """
+        deadline = time.monotonic() + grace_s
+        self.request_stop()
+        log.info("stopping: consuming no more; publishing what is applied (up to %.0f s)", grace_s)
+        try:
+            await asyncio.wait({run}, timeout=grace_s)
+            if not run.done():
+                log.error("the consume loop did not stop within %.0f s; closing without a final snapshot", grace_s)
+                run.cancel()
+                await asyncio.wait({run})
+            elif run.cancelled() or run.exception() is not None:
+                # Crash-only: the state may be half-applied; only a publish
+                # already under way (captured consistently) may still land.
+                await self._wait_for_publish(deadline)
+            elif await self._wait_for_publish(deadline):
+                await self._publish_final_snapshot(deadline)
+        finally:
+            await self.abandon()
+
+    async def _wait_for_publish(self, deadline: float) -> bool:
+        """Let a snapshot being written complete (until ``deadline``) and take in
+        its outcome; False when it is still running."""
+        in_flight = self._in_flight
+        if in_flight is not None:
+            await asyncio.wait({in_flight.task}, timeout=max(0.0, deadline - time.monotonic()))
+            if not in_flight.task.done():
+                log.error(
+                    "the snapshot being published did not finish in the shutdown grace; it is abandoned, and a "
+                    "restart replays from LATEST (the lease it holds lapses after %.0f s)",
+                    self.settings.publish_lease_s,
+                )
+                return False
+        await self._after_publish()
+        return True
+
+    async def _publish_final_snapshot(self, deadline: float) -> None:
+        """Publish the changes applied since the last snapshot, retrying (a held
+        lease, a failed upload) while the grace lasts."""
+        while self._pending:
+            if self.vectors is None or self.vectors.model is None:
+                log.info("%d pending tombstones of never-indexed tracks wait for the first vector", self._pending)
+                return
+            if time.monotonic() >= deadline:
+                log.error("no time left for a final snapshot; a restart replays %d changes", self._pending)
+                return
+            self._begin_publish()
+            if not await self._wait_for_publish(deadline):
+                return
+            if self._pending == 0 and self.latest is not None:
+                log.info("final snapshot %s published; nothing is left to replay", self.latest.version)
+                return
+            if self.latest_moved:
+                log.warning("LATEST moved under the final snapshot; the next start adopts the other writer's")
+                return
+            await asyncio.sleep(min(self.settings.retry_s, max(0.0, deadline - time.monotonic())))
 
     async def close(self) -> None:
         """After ``run`` returned: an in-flight publish gets a short while to
@@ -404,8 +510,9 @@ class Indexer:
         lease = await asyncio.to_thread(self.store.acquire_lease, self.settings.writer_id, ttl)
         hook = self._step_hook or (lambda step: None)
         try:
-            published = await asyncio.to_thread(
-                publish_snapshot, self.store, checkpoint, self._options, lease, ttl, hook
+            published = await in_daemon_thread(
+                functools.partial(publish_snapshot, self.store, checkpoint, self._options, lease, ttl, hook),
+                name="indexer-publish",
             )
         except Exception:
             # A crash (or a BaseException standing in for one) keeps the lease
@@ -448,6 +555,7 @@ class Indexer:
         error = in_flight.task.exception()
         if error is not None and not isinstance(error, Exception):
             raise error  # a crash (or its stand-in in tests) ends the indexer
+        self.latest_moved = isinstance(error, LatestMovedError)
         if error is None:
             published = in_flight.task.result()
             self.base, self.latest = published.stored, published.latest
@@ -460,7 +568,8 @@ class Indexer:
         self._retry_at = time.monotonic() + self.settings.retry_s
         if isinstance(error, LatestMovedError):
             self.metrics.snapshot_failures.labels("latest_moved").inc()
-            await self._check_latest()
+            if not self._stopping.is_set():  # a stopping indexer leaves adopting to its successor
+                await self._check_latest()
         elif isinstance(error, LeaseHeldError):
             self.metrics.snapshot_failures.labels("lease_held").inc()
             log.info("not publishing yet: %s", error)

@@ -1,7 +1,6 @@
 """Builds the indexer app: lifespan resources, middleware and routers, nothing else."""
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -48,10 +47,8 @@ def create_app(settings: Settings | None = None, on_fatal: FatalHandler | None =
         try:
             yield
         finally:
-            indexer.request_stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, timeout=30)
-            await indexer.close()
+            # SIGTERM: the applied changes are published before the process exits.
+            await indexer.shut_down(task, settings.shutdown_grace_s)
 
     app = FastAPI(title="mess indexer", lifespan=lifespan)
     app.state.indexer = indexer
