@@ -6,6 +6,11 @@ validating the model happen in the background task, which then hands the event
 to the Kafka producer). With
 the broker down or the queue full the event is dropped and counted: analytics
 is best effort, answering the listener is not.
+
+On shutdown (after the last request has been answered) the queue is flushed:
+every queued event is handed to the producer and the producer's batches are
+delivered before it closes, within what is left of the grace period; events
+still queued then are dropped and counted (reason ``shutdown``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from mess.query.metrics import QueryMetrics
 log = logging.getLogger(__name__)
 
 EventRecipe = RecommendationServed | Callable[[], RecommendationServed]
+
+_STOP_S = 10.0
+# Even with the grace period spent, the producer gets this long to send its last batch.
+_MIN_CLOSE_S = 1.0
 
 
 class AnalyticsPublisher:
@@ -79,19 +88,34 @@ class AnalyticsPublisher:
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    async def stop(self, within_s: float = _STOP_S) -> None:
+        """Flush the queue and the producer's batches to the broker (if it is up), then close; at most ``within_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        task, self._task = self._task, None
+        if task is not None and not task.done() and self._connected and self._queue.qsize():
+            queued = self._queue.qsize()
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout=within_s)
+                log.info("analytics: %d queued event(s) handed to the producer before closing", queued)
+            except TimeoutError:
+                log.warning("analytics: queue not flushed within the grace period")
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._close_producer()
+                await task
+        self._drain("shutdown")
+        # The producer's stop() sends what is still batched (linger) and waits for the acknowledgements.
+        await self._close_producer(max(deadline - loop.time(), _MIN_CLOSE_S))
 
-    async def _close_producer(self) -> None:
+    async def _close_producer(self, within_s: float) -> None:
         self._connected = False
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(KafkaError, OSError):
-                await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=within_s)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("analytics producer did not close cleanly: %r", exc)
 
     async def _connect(self) -> bool:
         producer = AIOKafkaProducer(
@@ -116,6 +140,7 @@ class AnalyticsPublisher:
     def _drain(self, reason: str) -> None:
         while not self._queue.empty():
             self._queue.get_nowait()
+            self._queue.task_done()
             self._metrics.analytics_dropped.labels(reason).inc()
 
     async def _run(self) -> None:
@@ -125,22 +150,27 @@ class AnalyticsPublisher:
                 self._drain("broker_unavailable")
                 await asyncio.sleep(self._settings.broker_retry_s)
                 continue
-            assert self._producer is not None
             recipe = await self._queue.get()
             try:
-                event = recipe if isinstance(recipe, RecommendationServed) else recipe()
-            except (ValueError, KeyError) as exc:  # ValueError includes pydantic's ValidationError
-                self._metrics.analytics_dropped.labels("invalid").inc()
-                log.error("RecommendationServed could not be built: %s", exc)
-                continue
-            try:
-                # send() only appends to a batch; the delivery is awaited by the callback.
-                delivery = await self._producer.send(topic, event.to_bytes(), key=event.key().encode())
-            except KafkaError as exc:
-                self._metrics.analytics_dropped.labels("broker_error").inc()
-                log.warning("RecommendationServed dropped: %s", exc)
-                continue
-            delivery.add_done_callback(self._delivered)
+                await self._hand_over(self._producer, topic, recipe)
+            finally:
+                self._queue.task_done()  # what stop() waits for
+
+    async def _hand_over(self, producer: AIOKafkaProducer, topic: str, recipe: EventRecipe) -> None:
+        try:
+            event = recipe if isinstance(recipe, RecommendationServed) else recipe()
+        except (ValueError, KeyError) as exc:  # ValueError includes pydantic's ValidationError
+            self._metrics.analytics_dropped.labels("invalid").inc()
+            log.error("RecommendationServed could not be built: %s", exc)
+            return
+        try:
+            # send() only appends to a batch; the delivery is awaited by the callback.
+            delivery = await producer.send(topic, event.to_bytes(), key=event.key().encode())
+        except KafkaError as exc:
+            self._metrics.analytics_dropped.labels("broker_error").inc()
+            log.warning("RecommendationServed dropped: %s", exc)
+            return
+        delivery.add_done_callback(self._delivered)
 
     def _delivered(self, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or delivery.exception() is not None:

@@ -21,6 +21,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     access_log: bool = Field(default=False, description="one log line per request (costly at high rates)")
     stack: StackSettings = Field(default_factory=StackSettings)
+    shutdown_grace_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="after SIGTERM, requests in flight and then the analytics flush get this long in all "
+        "(Kubernetes gives 45 s, 10 of them taken by the preStop sleep)",
+    )
 
     # --- snapshots -----------------------------------------------------------
     snapshot_cache_dir: Path | None = Field(

@@ -3,10 +3,17 @@
 Nothing here runs at import time: the S3 client, the asyncpg pool, Redis,
 the Kafka producer and consumer and the search threads exist only between
 start-up and shutdown.
+
+The shutdown runs after uvicorn has answered every request in flight (or
+given up on them at the end of the grace period), in this order: the snapshot
+follower stops, the search threads end, the analytics queue is flushed to the
+broker within what is left of ``shutdown_grace_s`` since SIGTERM, then Redis,
+the Postgres pool and the S3 client close.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -30,11 +37,15 @@ from mess.query.recommender import Recommender
 from mess.query.searcher import SnapshotSearcher
 from mess.query.snapshot_follower import SnapshotFollower
 from mess.query.snapshots import SnapshotStore
+from mess.query.termination import Termination
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
+
+# Closing a pool whose connections were all given back is instant; this only bounds a stuck one.
+_POOL_CLOSE_S = 5.0
 
 
 @dataclass
@@ -53,11 +64,21 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     return None
 
 
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout=_POOL_CLOSE_S)
+    except TimeoutError:
+        log.warning("Postgres pool did not close within %.0f s; terminating its connections", _POOL_CLOSE_S)
+        pool.terminate()
+
+
 @contextlib.asynccontextmanager
 async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIterator[Resources]:
     stack = settings.stack
     faiss.omp_set_num_threads(settings.faiss_omp_threads)
+    termination = Termination(settings.shutdown_grace_s)
     async with contextlib.AsyncExitStack() as exits:
+        exits.enter_context(termination.watch_signals())
         s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
         s3: S3Client = await exits.enter_async_context(
             get_session().create_client(
@@ -78,7 +99,7 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
             # default reset on release (a round trip per request) buys nothing.
             reset=_keep_session,
         )
-        exits.push_async_callback(pool.close)
+        exits.push_async_callback(_close_pool, pool)
         catalog = TrackCatalog(
             pool, metrics, settings.pg_acquire_timeout_s, settings.metadata_cache_size, settings.metadata_cache_ttl_s
         )
@@ -98,7 +119,7 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
 
         analytics = AnalyticsPublisher(settings, metrics)
         await analytics.start()
-        exits.push_async_callback(analytics.stop)
+        exits.push_async_callback(lambda: analytics.stop(termination.remaining()))
 
         store = SnapshotStore(s3, stack.bucket, settings.snapshot_dir)
         follower = SnapshotFollower(settings, store, metrics, dead_letters=analytics.publish_dead_letter)
@@ -111,7 +132,7 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
         executor = ThreadPoolExecutor(max_workers=settings.search_threads, thread_name_prefix="mess-search")
         exits.callback(executor.shutdown, wait=True, cancel_futures=True)
         await follower.start()
-        exits.push_async_callback(follower.stop)
+        exits.push_async_callback(lambda: follower.stop(termination.remaining()))
 
         recommender = Recommender(
             follower,
@@ -130,4 +151,6 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
             stack.postgres_schema,
             settings.snapshot_dir,
         )
+        # Runs first on the way out: starts the grace-period clock if no SIGTERM started it.
+        exits.callback(termination.request)
         yield Resources(settings, metrics, follower, catalog, cache, analytics, recommender, media)

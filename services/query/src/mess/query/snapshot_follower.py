@@ -9,6 +9,10 @@ announcements costs one load.
 
 A swap replaces one reference. Requests that already hold the old searcher
 finish on it; Python frees it (and its memory maps) when the last one drops it.
+
+Stopping cancels the three loops: the event consumer commits nothing (it has
+no group), and a load under way is abandoned (its download or build thread
+runs to its end, discarded). Dead letters being sent are awaited, bounded.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ SwapListener = Callable[[SnapshotSearcher], None]
 # How long start-up waits for the event subscription to be positioned before
 # reading LATEST, so an event published in between is not missed.
 _POSITION_WAIT_S = 5.0
+_LETTERS_STOP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class SnapshotFollower:
         self._wanted: Announcement | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._letters: list[asyncio.Task[None]] = []
         self._listeners: list[SwapListener] = []
         self.refused: dict[str, str] = {}
         self.swapped = asyncio.Condition()
@@ -129,14 +135,14 @@ class SnapshotFollower:
                     offset=offset,
                 )
                 task: asyncio.Task[None] = asyncio.ensure_future(self._dead_letters(letter))
-                self._tasks.append(task)
-                task.add_done_callback(self._forget_task)
+                self._letters.append(task)
+                task.add_done_callback(self._forget_letter)
             return
         self.announce(event.version, event.manifest_uri, "event")
 
-    def _forget_task(self, task: asyncio.Task[None]) -> None:
-        if task in self._tasks:
-            self._tasks.remove(task)
+    def _forget_letter(self, task: asyncio.Task[None]) -> None:
+        if task in self._letters:
+            self._letters.remove(task)
 
     # --- tasks ---------------------------------------------------------------
 
@@ -152,11 +158,20 @@ class SnapshotFollower:
         self._spawn(self._load_loop())
         self._spawn(self._poll_latest())
 
-    async def stop(self) -> None:
+    async def stop(self, within_s: float = _LETTERS_STOP_S) -> None:
+        """Stop following; dead letters on their way get up to ``within_s`` to reach the broker."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        letters = list(self._letters)
+        if letters:
+            _, late = await asyncio.wait(letters, timeout=within_s)
+            for task in late:
+                log.error("a dead letter was still being sent at shutdown; it is lost")
+                task.cancel()
+            await asyncio.gather(*letters, return_exceptions=True)
+        log.info("snapshot follower stopped")
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))
