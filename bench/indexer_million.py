@@ -29,11 +29,20 @@ import time
 
 import faiss
 import numpy as np
-from indexer_workload import Stopwatch, clustered_blocks, current_rss_mb, model, peak_rss_mb, private_s3, track_id
+from indexer_workload import (
+    Stopwatch,
+    clustered_blocks,
+    current_rss_mb,
+    manifold_blocks,
+    model,
+    peak_rss_mb,
+    private_s3,
+    track_id,
+)
 
 from mess.indexer.config import Settings
 from mess.indexer.indexer import build_options
-from mess.indexer.shard_index import load_index, recall_at_k
+from mess.indexer.shard_index import load_index
 from mess.indexer.sharding import shard_of
 from mess.indexer.snapshots import Checkpoint, publish_snapshot
 from mess.indexer.track_vectors import ModelGuard, ShardContents, TrackVectors
@@ -42,7 +51,7 @@ CHUNK = 50_000
 
 
 def generate(
-    count: int, dim: int, shards: int, queries: int
+    count: int, dim: int, shards: int, queries: int, shape: str
 ) -> tuple[TrackVectors, np.ndarray, list[np.ndarray], list[list[str]]]:
     """The state with ``count`` vectors in per-shard matrices (rows also loaded
     into the state as views), and ``queries`` unseen vectors of the same clusters."""
@@ -53,7 +62,10 @@ def generate(
     filled = [0] * shards
     unseen = np.empty((queries, dim), dtype=np.float32)
     start = 0
-    blocks = clustered_blocks(count + queries, dim, clusters=max(10, count // 100), seed=0, chunk=CHUNK)
+    if shape == "manifold":
+        blocks = manifold_blocks(count + queries, dim, seed=0, chunk=CHUNK)
+    else:
+        blocks = clustered_blocks(count + queries, dim, clusters=max(10, count // 100), seed=0, chunk=CHUNK)
     for block in blocks:
         stop = start + len(block)
         stored = block[: max(0, min(count, stop) - start)]
@@ -72,16 +84,52 @@ def generate(
     return state, unseen, matrices, ids
 
 
-def exact_truth(matrices: list[np.ndarray], ids: list[list[str]], queries: np.ndarray) -> list[list[str]]:
-    """Exact top-10 over every shard, merged: the ground truth."""
+def exact_truth(
+    matrices: list[np.ndarray], ids: list[list[str]], queries: np.ndarray, leave_out: list[str | None]
+) -> list[list[str]]:
+    """Exact top-10 over every shard, merged, each query's ``leave_out`` track
+    (itself, for a stored track) not counted: the ground truth."""
     hits: list[list[tuple[float, str]]] = [[] for _ in range(len(queries))]
     for matrix, shard_ids in zip(matrices, ids, strict=True):
-        scores, labels = faiss.knn(queries, matrix, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        scores, labels = faiss.knn(queries, matrix, 11, metric=faiss.METRIC_INNER_PRODUCT)
         for row in range(len(queries)):
             hits[row].extend(
                 (float(s), shard_ids[int(label)]) for s, label in zip(scores[row], labels[row], strict=True)
             )
-    return [[t for _, t in sorted(row, key=lambda hit: -hit[0])[:10]] for row in hits]
+    return [
+        [t for _, t in sorted(row, key=lambda hit: -hit[0]) if t != leave_out[n]][:10] for n, row in enumerate(hits)
+    ]
+
+
+def search_all(
+    shards: list[tuple[faiss.Index, list[str]]], queries: np.ndarray, leave_out: list[str | None]
+) -> tuple[list[list[str]], list[float], list[float]]:
+    """One query at a time over every shard in turn, merged by score, as the
+    query service searches; its results, total and FAISS-only seconds."""
+    found: list[list[str]] = []
+    per_query, faiss_only = [], []
+    for row in range(len(queries)):
+        query = queries[row : row + 1]
+        started = time.perf_counter()
+        merged: list[tuple[float, str]] = []
+        in_faiss = 0.0
+        for index, ids in shards:
+            searched = time.perf_counter()
+            scores, labels = index.search(query, 11)
+            in_faiss += time.perf_counter() - searched
+            merged.extend(
+                (float(s), ids[int(label)]) for s, label in zip(scores[0], labels[0], strict=True) if label >= 0
+            )
+        ranked = [t for _, t in sorted(merged, key=lambda hit: -hit[0]) if t != leave_out[row]]
+        found.append(ranked[:10])
+        per_query.append(time.perf_counter() - started)
+        faiss_only.append(in_faiss)
+    return found, per_query, faiss_only
+
+
+def recall(truth: list[list[str]], found: list[list[str]]) -> float:
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
+    return hits / sum(len(t) for t in truth)
 
 
 def main() -> None:
@@ -91,15 +139,24 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--index", default=None, help="approximate factory (default: the service's)")
+    parser.add_argument("--shape", choices=["clusters", "manifold"], default="clusters")
     args = parser.parse_args()
     settings = Settings(shard_count=args.shards, **({"approximate_index": args.index} if args.index else {}))
-    report: dict[str, object] = {"vectors": args.vectors, "dim": args.dim, "shards": args.shards}
+    report: dict[str, object] = {"vectors": args.vectors, "dim": args.dim, "shards": args.shards, "shape": args.shape}
     clock = Stopwatch()
 
-    state, queries, matrices, ids = generate(args.vectors, args.dim, args.shards, args.queries)
+    state, unseen, matrices, ids = generate(args.vectors, args.dim, args.shards, args.queries, args.shape)
     report["generate_s"] = round(clock.lap(), 1)
     report["state_rss_mb"] = round(current_rss_mb())
-    truth = exact_truth(matrices, ids, queries)
+    # Two workloads: /recommend/{id} queries with a stored track (itself left
+    # out of both lists), and vectors the index has never seen.
+    rng = np.random.default_rng(5)
+    picks = [(int(s), int(rng.integers(len(ids[s])))) for s in rng.integers(0, args.shards, args.queries)]
+    tracks = np.stack([matrices[s][row] for s, row in picks])
+    track_ids: list[str | None] = [ids[s][row] for s, row in picks]
+    nobody: list[str | None] = [None] * len(unseen)
+    truth_tracks = exact_truth(matrices, ids, tracks, track_ids)
+    truth_unseen = exact_truth(matrices, ids, unseen, nobody)
     del matrices, ids  # the state holds views of the same rows
     report["exact_truth_s"] = round(clock.lap(), 1)
     print(json.dumps(report), flush=True)
@@ -147,32 +204,13 @@ def main() -> None:
         report["load_indexes_s"] = round(clock.lap(), 1)
 
     faiss.omp_set_num_threads(1)
-    found: list[list[str]] = []
-    per_query, faiss_only = [], []
-    for row in range(len(queries)):
-        query = queries[row : row + 1]
-        started = time.perf_counter()
-        merged: list[tuple[float, str]] = []
-        in_faiss = 0.0
-        for index, ids in shards:
-            searched = time.perf_counter()
-            scores, labels = index.search(query, 10)
-            in_faiss += time.perf_counter() - searched
-            merged.extend(
-                (float(s), ids[int(label)]) for s, label in zip(scores[0], labels[0], strict=True) if label >= 0
-            )
-        found.append([t for _, t in sorted(merged, key=lambda hit: -hit[0])[:10]])
-        per_query.append(time.perf_counter() - started)
-        faiss_only.append(in_faiss)
-    position = {t: n for n, t in enumerate({t for row in truth + found for t in row})}
-    recall = recall_at_k(
-        np.array([[position[t] for t in row] for row in truth]),
-        np.array([[position[t] for t in row] + [-1] * (10 - len(row)) for row in found]),
-    )
+    found_tracks, _, _ = search_all(shards, tracks, track_ids)
+    found_unseen, per_query, faiss_only = search_all(shards, unseen, nobody)
     ms = np.array(per_query) * 1000
     report.update(
         {
-            "recall_at_10": round(recall, 4),
+            "recall_at_10_tracks": round(recall(truth_tracks, found_tracks), 4),
+            "recall_at_10_unseen": round(recall(truth_unseen, found_unseen), 4),
             "query_p50_ms": round(float(np.percentile(ms, 50)), 3),
             "query_p99_ms": round(float(np.percentile(ms, 99)), 3),
             "query_mean_ms": round(float(ms.mean()), 3),
@@ -183,7 +221,7 @@ def main() -> None:
     print(json.dumps(report), flush=True)
     goal = (
         report["index_memory_serialised_mb"] <= 1536  # type: ignore[operator]
-        and recall >= 0.95
+        and min(report["recall_at_10_tracks"], report["recall_at_10_unseen"]) >= 0.95  # type: ignore[type-var]
         and report["query_p50_ms"] < 1.0  # type: ignore[operator]
     )
     print(f"goal (<= 1.5 GB index, recall@10 >= 0.95, p50 < 1 ms): {'met' if goal else 'NOT met'}")

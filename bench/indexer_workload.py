@@ -58,8 +58,33 @@ def clustered(count: int, dim: int, *, clusters: int, seed: int, spread: float =
     return out
 
 
-def corpus(count: int, dim: int, queries: int, seed: int = 0, spread: float = 1.0) -> tuple[Matrix, Matrix]:
-    """``count`` stored vectors and ``queries`` unseen ones from the same clusters."""
+def manifold_blocks(
+    count: int, dim: int, *, intrinsic: int = 32, noise: float = 0.1, seed: int = 0, chunk: int = 100_000
+) -> Iterator[Matrix]:
+    """Vectors with no clusters at all: a random ``intrinsic``-dimensional linear
+    subspace of the ``dim`` dimensions, plus a little isotropic noise. Closer to
+    embeddings that vary continuously (tempo, timbre, key) than clusters are."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((intrinsic, dim)).astype(np.float32) / np.float32(np.sqrt(intrinsic))
+    for start in range(0, count, chunk):
+        size = min(count, start + chunk) - start
+        block = rng.standard_normal((size, intrinsic), dtype=np.float32) @ basis
+        block += rng.standard_normal((size, dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        yield block
+
+
+def manifold(count: int, dim: int, *, seed: int = 0) -> Matrix:
+    return np.concatenate(list(manifold_blocks(count, dim, seed=seed)))
+
+
+def corpus(
+    count: int, dim: int, queries: int, seed: int = 0, spread: float = 1.0, shape: str = "clusters"
+) -> tuple[Matrix, Matrix]:
+    """``count`` stored vectors and ``queries`` unseen ones from the same distribution."""
+    if shape == "manifold":
+        both = manifold(count + queries, dim, seed=seed)
+        return both[:count], both[count:]
     both = clustered(count + queries, dim, clusters=max(10, count // 100), seed=seed, spread=spread)
     return both[:count], both[count:]
 

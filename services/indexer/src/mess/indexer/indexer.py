@@ -45,7 +45,7 @@ from mess.indexer.config import Settings
 from mess.indexer.decoding import Malformed, Removal, decode
 from mess.indexer.feed import Record, TrackEventFeed
 from mess.indexer.metrics import IndexerMetrics
-from mess.indexer.shard_index import check_factory, plan_for
+from mess.indexer.shard_index import check_factory, factory_fits
 from mess.indexer.snapshot_store import (
     LatestMovedError,
     LatestPointer,
@@ -371,19 +371,20 @@ class Indexer:
         present = {shard.shard: shard for shard in stored.manifest.shards}
         for number in range(vectors.shard_count):
             shard = present.get(number)
-            plan = plan_for(
+            fits = shard is not None and factory_fits(
+                shard.index_factory,
                 len(vectors.shards[number].vectors),
                 flat_threshold=self.settings.flat_threshold,
                 approximate_factory=self.settings.approximate_index,
             )
-            if shard is not None and shard.index_factory != plan.factory:
+            if shard is not None and not fits:
                 log.warning(
-                    "shard %d is %s but the settings choose %s for it; it is rebuilt at the next snapshot",
+                    "shard %d is %s, which the settings (%s) would not choose; it is rebuilt at the next snapshot",
                     number,
                     shard.index_factory,
-                    plan.factory,
+                    self.settings.approximate_index,
                 )
-            if shard is None or shard.index_factory != plan.factory:
+            if not fits:
                 vectors.mark_dirty([number])
 
     async def _announce(self, stored: StoredManifest, rebuilt_shards: int) -> None:

@@ -1,16 +1,21 @@
 """FAISS indexes for one shard: which type, how it is built and tuned.
 
 A shard below ``flat_threshold`` vectors gets an exact ``Flat`` index (inner
-product on unit vectors is cosine). Above it the configured approximate
-factory string is used (``HNSW32,SQ8`` by default; ``IVF{nlist},SQ8`` or a PQ
-variant also work, ``{nlist}`` being filled from the shard size), and its one
-search-time knob (``efSearch`` for HNSW, ``nprobe`` for IVF) is tuned on the
-spot: the smallest value on a ladder whose recall@10 against exact search
-reaches the target on a sample of stored vectors used as queries. The tuned
-value goes into the manifest (``search_params``) so the query service searches
-with the same setting; its keys are ``faiss.ParameterSpace`` names.
+product on unit vectors is cosine). Above it, the configured approximate
+factory strings are candidates (``HNSW32,SQ8|IVF{nlist},SQ8`` by default;
+``{nlist}`` is filled from the shard size). Each candidate's one search-time
+knob (``efSearch`` for HNSW, ``nprobe`` for IVF) is tuned on the spot: the
+smallest value on a ladder whose recall@10 against exact search reaches the
+target on a sample of stored vectors. With several candidates, each is built
+and tuned, and the one that searched the sample fastest while reaching the
+target is kept: which family wins depends on the data (IVF on well-separated
+clusters, HNSW on continuous data; see the README's figures), so it is
+measured, not guessed. The choice sticks to a shard until its size doubles or
+halves, so a shard rebuilt for a few changes builds one index, not all.
 
-The bench scripts pick the defaults from measurements (see the README).
+The tuned value goes into the manifest (``search_params``) so the query
+service searches with the same setting; its keys are ``faiss.ParameterSpace``
+names.
 """
 
 import logging
@@ -68,21 +73,58 @@ def tuned_parameter_of(factory: str) -> str | None:
     )
 
 
+def templates_of(approximate_factory: str) -> list[str]:
+    """The candidate factory templates of a setting like ``HNSW32,SQ8|IVF{nlist},SQ8``."""
+    return [t.strip() for t in approximate_factory.split("|") if t.strip()]
+
+
 def plan_for(count: int, *, flat_threshold: int, approximate_factory: str) -> IndexPlan:
-    if count == 0 or count < flat_threshold or approximate_factory == FLAT:
+    """The plan for one template (the first, if the setting names several)."""
+    template = templates_of(approximate_factory)[0]
+    if count == 0 or count < flat_threshold or template == FLAT:
         return IndexPlan(FLAT, None)
-    factory = approximate_factory.replace("{nlist}", str(nlist_for(count)))
+    factory = template.replace("{nlist}", str(nlist_for(count)))
     return IndexPlan(factory, tuned_parameter_of(factory))
+
+
+def candidate_plans(
+    count: int, *, flat_threshold: int, approximate_factory: str, previous: tuple[str, int] | None = None
+) -> list[IndexPlan]:
+    """Every plan worth building for a shard of ``count`` vectors.
+
+    ``previous`` is the shard's last (factory, count): if that factory came
+    from one of the templates and the shard is within a factor of two of that
+    size, that template alone is planned (the choice sticks)."""
+    templates = templates_of(approximate_factory)
+    plans = [plan_for(count, flat_threshold=flat_threshold, approximate_factory=t) for t in templates]
+    if plans[0].exact:
+        return [plans[0]]
+    if previous is not None and len(plans) > 1:
+        factory, previous_count = previous
+        if previous_count and 0.5 <= count / previous_count <= 2.0:
+            for template, plan in zip(templates, plans, strict=True):
+                if plan_for(previous_count, flat_threshold=0, approximate_factory=template).factory == factory:
+                    return [plan]
+    return plans
+
+
+def factory_fits(factory: str, count: int, *, flat_threshold: int, approximate_factory: str) -> bool:
+    """Whether the settings could have chosen ``factory`` for a shard of ``count``."""
+    plans = candidate_plans(count, flat_threshold=flat_threshold, approximate_factory=approximate_factory)
+    return factory in {plan.factory for plan in plans}
 
 
 def check_factory(approximate_factory: str, dim: int) -> None:
     """Fail early (at start-up) on a factory string FAISS cannot build for ``dim``."""
-    factory = approximate_factory.replace("{nlist}", "16")
-    tuned_parameter_of(factory)
-    try:
-        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise IndexBuildError(f"FAISS cannot build {factory!r} for dimension {dim}: {exc}") from exc
+    for template in templates_of(approximate_factory):
+        if template == FLAT:
+            continue
+        factory = template.replace("{nlist}", "16")
+        tuned_parameter_of(factory)
+        try:
+            faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise IndexBuildError(f"FAISS cannot build {factory!r} for dimension {dim}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -209,33 +251,63 @@ def tune(
     return value, recall
 
 
+@dataclass(frozen=True)
+class CandidateResult:
+    factory: str
+    search_params: dict[str, int]
+    recall_at_10: float
+    search_ms: float  # mean single-query time on the tuning sample
+
+
 def build_shard_index(
     vectors: Matrix,
-    plan: IndexPlan,
+    plans: IndexPlan | list[IndexPlan],
     *,
     tuning_queries: Matrix,
     target_recall: float,
     ef_construction: int = 40,
 ) -> BuiltShardIndex:
-    """Build, tune and serialise one shard's index (blocking; FAISS releases the GIL)."""
+    """Build, tune and serialise one shard's index (blocking; FAISS releases the
+    GIL). With several plans, the fastest that reaches the target is kept."""
     started = time.perf_counter()
-    index = build_index(vectors, plan, ef_construction=ef_construction)
-    search_params: dict[str, int] = {}
-    recall: float | None = None
-    if plan.tuned_parameter is not None and len(vectors) and len(tuning_queries):
-        truth = tuning_truth(tuning_queries, vectors)
-        value, recall = tune(index, plan.tuned_parameter, tuning_queries, truth, target_recall)
-        search_params[plan.tuned_parameter] = value
-        if recall < target_recall:
-            log.warning(
-                "index %s on %d vectors reaches recall@10 %.3f at most (%s=%d), below the target %.2f",
-                plan.factory,
-                len(vectors),
-                recall,
-                plan.tuned_parameter,
-                value,
-                target_recall,
-            )
+    candidates = plans if isinstance(plans, list) else [plans]
+    best: tuple[faiss.Index, IndexPlan, dict[str, int], float | None] | None = None
+    results: list[CandidateResult] = []
+    for plan in candidates:
+        index = build_index(vectors, plan, ef_construction=ef_construction)
+        search_params: dict[str, int] = {}
+        recall: float | None = None
+        if plan.tuned_parameter is not None and len(vectors) and len(tuning_queries):
+            truth = tuning_truth(tuning_queries, vectors)
+            value, recall = tune(index, plan.tuned_parameter, tuning_queries, truth, target_recall)
+            search_params[plan.tuned_parameter] = value
+        if len(candidates) == 1:
+            best = (index, plan, search_params, recall)
+            break
+        result = CandidateResult(plan.factory, search_params, recall or 0.0, _search_ms(index, tuning_queries))
+        results.append(result)
+        if best is None or _better(result, results, best[1].factory, target_recall):
+            best = (index, plan, search_params, recall)
+    assert best is not None
+    index, plan, search_params, recall = best
+    if len(candidates) > 1:
+        log.info(
+            "shard of %d vectors: chose %s among %s",
+            len(vectors),
+            plan.factory,
+            "; ".join(
+                f"{r.factory} {r.search_params} recall {r.recall_at_10:.3f} {r.search_ms:.3f} ms" for r in results
+            ),
+        )
+    if recall is not None and recall < target_recall:
+        log.warning(
+            "index %s on %d vectors reaches recall@10 %.3f at most (%s), below the target %.2f",
+            plan.factory,
+            len(vectors),
+            recall,
+            search_params,
+            target_recall,
+        )
     index_bytes = faiss.serialize_index(index).tobytes()
     return BuiltShardIndex(
         factory=plan.factory,
@@ -244,6 +316,28 @@ def build_shard_index(
         recall_at_10=recall,
         build_seconds=time.perf_counter() - started,
     )
+
+
+def _search_ms(index: faiss.Index, queries: Matrix, limit: int = 200) -> float:
+    """Mean time of one query at a time, as the query service searches."""
+    sample = queries[:limit]
+    if len(sample) == 0:
+        return 0.0
+    started = time.perf_counter()
+    for row in range(len(sample)):
+        index.search(sample[row : row + 1], RECALL_K + 1)
+    return (time.perf_counter() - started) * 1000 / len(sample)
+
+
+def _better(result: CandidateResult, results: list[CandidateResult], best_factory: str, target: float) -> bool:
+    """Whether ``result`` beats the best so far: reaching the target first, then
+    speed; if neither reaches it, recall."""
+    best = next(r for r in results if r.factory == best_factory)
+    if (result.recall_at_10 >= target) != (best.recall_at_10 >= target):
+        return result.recall_at_10 >= target
+    if result.recall_at_10 >= target:
+        return result.search_ms < best.search_ms
+    return result.recall_at_10 > best.recall_at_10
 
 
 def load_index(index_bytes: bytes, search_params: dict[str, int]) -> faiss.Index:

@@ -30,7 +30,7 @@ import numpy as np
 
 from mess.contracts.events import ModelIdentity
 from mess.contracts.storage import ShardManifest, SnapshotManifest, StoredFile, snapshot_dir
-from mess.indexer.shard_index import Matrix, build_shard_index, plan_for
+from mess.indexer.shard_index import Matrix, build_shard_index, candidate_plans
 from mess.indexer.sharding import shard_of
 from mess.indexer.snapshot_store import (
     LatestMovedError,
@@ -138,12 +138,15 @@ def publish_snapshot(
     build_seconds = upload_seconds = 0.0
     for capture in checkpoint.captures:
         contents = capture.freeze()
-        plan = plan_for(
-            len(contents.ids), flat_threshold=options.flat_threshold, approximate_factory=options.approximate_index
+        plans = candidate_plans(
+            len(contents.ids),
+            flat_threshold=options.flat_threshold,
+            approximate_factory=options.approximate_index,
+            previous=_previous_choice(checkpoint.base, contents.shard),
         )
         built = build_shard_index(
             contents.vectors,
-            plan,
+            plans,
             tuning_queries=checkpoint.tuning_queries,
             target_recall=options.tuning_recall,
             ef_construction=options.ef_construction,
@@ -213,6 +216,15 @@ def publish_snapshot(
         upload_seconds=upload_seconds,
         recalls=recalls,
     )
+
+
+def _previous_choice(base: StoredManifest | None, number: int) -> tuple[str, int] | None:
+    if base is None:
+        return None
+    for shard in base.manifest.shards:
+        if shard.shard == number:
+            return shard.index_factory, shard.count
+    return None
 
 
 def _reusable_shard(base: StoredManifest | None, number: int, shard_count: int) -> ShardManifest:
