@@ -25,7 +25,7 @@ from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.status import SnapshotUnreadableError
 from mess.ingest.store import is_missing
-from mess.ingest.termination import wait_or_stop
+from mess.runtime.termination import wait_or_stop
 
 if TYPE_CHECKING:
     from mess.ingest.config import Settings

@@ -39,8 +39,8 @@ from mess.ingest.registry import TrackRegistry
 from mess.ingest.s3drop import DropIngestor, DropNoticeWorker, DropScan
 from mess.ingest.status import SnapshotMembership, TrackStatusFollower
 from mess.ingest.store import AudioStore
-from mess.ingest.termination import Termination, finish_within
 from mess.ingest.uploads import UploadIntake
+from mess.runtime.termination import Termination, finish_within
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

@@ -49,8 +49,8 @@ from mess.ingest.audio import AudioLimits, UnacceptableAudioError, inspect_audio
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.registry import DropSource, RejectedContent, StoredAudio, TrackCandidate
 from mess.ingest.store import is_missing
-from mess.ingest.termination import wait_or_stop
 from mess.runtime.deadletter import dead_letter
+from mess.runtime.termination import wait_or_stop
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient

@@ -43,8 +43,8 @@ from mess.contracts.storage import SnapshotManifest, split_s3_uri
 from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.store import is_missing
-from mess.ingest.termination import wait_or_stop
 from mess.runtime.deadletter import dead_letter
+from mess.runtime.termination import wait_or_stop
 
 if TYPE_CHECKING:
     from mess.ingest.config import Settings

@@ -37,7 +37,7 @@ from mess.query.recommender import Recommender
 from mess.query.searcher import SnapshotSearcher
 from mess.query.snapshot_follower import SnapshotFollower
 from mess.query.snapshots import SnapshotStore
-from mess.query.termination import Termination
+from mess.runtime.termination import Termination
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

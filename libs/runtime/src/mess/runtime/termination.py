@@ -2,14 +2,18 @@
 
 uvicorn (run by ``mess.runtime.serving``) owns SIGTERM: it closes the
 listening socket, lets in-flight requests finish for up to the grace period,
-and only then runs the lifespan shutdown, which flushes the queued analytics
-events. That flush must fit in what is left of the *same* grace period,
-counted from the signal, or the pod is killed mid-flush; so
-``watch_signals`` puts a small handler in front of the one uvicorn installed
-that notes the moment, then hands the signal on unchanged.
+and only then runs the lifespan shutdown. Background loops cannot wait that
+long to hear of it: a service's workers (ingest's SQS worker, drop scan,
+reconciler and status consumer, say) must stop taking new work at the signal,
+while requests are still streaming in. And every wait of the lifespan
+shutdown (ingest's commits, query's analytics flush) must fit in what is left
+of one grace period counted from the signal, not in a fresh one, or the pod is
+killed mid-commit. So ``watch_signals`` puts a small handler in
+front of the one uvicorn installed: it notes the moment and wakes the loops,
+then hands the signal on unchanged.
 
 Where no Python-level handler is installed (the app driven by a test's own
-lifespan, say), the clock starts when the lifespan shutdown begins.
+uvicorn task, say), the clock starts when the lifespan shutdown begins.
 """
 
 from __future__ import annotations
@@ -30,17 +34,19 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Termination:
-    """One grace period, counted from the first stop request."""
+    """One grace period, counted from the first stop request; ``requested`` is set at that moment."""
 
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
+        self.requested = asyncio.Event()
         self._since: float | None = None
 
     def request(self) -> None:
-        """Start the clock (once)."""
+        """Start the clock (once) and wake everything waiting on ``requested``."""
         if self._since is None:
             self._since = time.monotonic()
-            log.info("stop requested: in-flight requests and queued events have %.0f s to finish", self.grace_s)
+            log.info("stop requested: taking no new work; in-flight work has %.0f s to finish", self.grace_s)
+        self.requested.set()
 
     def remaining(self) -> float:
         """Seconds left of the grace period (all of it while no stop was requested)."""
@@ -76,3 +82,26 @@ class Termination:
             for signum, previous in chained.items():
                 if signal.getsignal(signum) is on_signal:
                     signal.signal(signum, previous)
+
+
+async def wait_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True as soon as ``stopping`` is set (then the caller should return)."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def finish_within(tasks: list[asyncio.Task[None]], seconds: float, what: str) -> None:
+    """Let ``tasks`` finish on their own for up to ``seconds``; cancel whatever is still running then."""
+    if not tasks:
+        return
+    if seconds > 0:
+        await asyncio.wait(tasks, timeout=seconds)
+    for task in tasks:
+        if task.done():
+            continue
+        log.warning("%s: %s did not finish within the grace period; cancelling it", what, task.get_name())
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
