@@ -32,6 +32,7 @@ from mess.embedder.config import Settings
 from mess.embedder.consumer import AddedTrackHandler, batch_drain_s, build_broker, publisher, subscribe
 from mess.embedder.embedding import ChunkPlan, TrackEmbedder
 from mess.embedder.storage import CLIENT_CONFIG, AudioStore, Backoff
+from mess.runtime.termination import Termination
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,12 @@ def load_backend(settings: Settings) -> EmbeddingBackend:
         raise
 
 
-async def stop_consuming(settings: Settings, broker: KafkaBroker, handler: AddedTrackHandler) -> None:
+async def stop_consuming(
+    settings: Settings, broker: KafkaBroker, handler: AddedTrackHandler, termination: Termination
+) -> None:
     """Finish and commit the poll batch in hand, fetch nothing more, close the
-    consumer and producer; never longer than ``shutdown_grace_s``."""
+    consumer and producer; never past ``shutdown_grace_s`` from the signal."""
+    termination.request()  # a no-op after SIGTERM; starts the clock when the stop came another way
     if handler.records_in_flight:
         log.info(
             "stopping: fetching no more; finishing the poll batch of %d tracks in hand (up to %.0f s)",
@@ -76,10 +80,10 @@ async def stop_consuming(settings: Settings, broker: KafkaBroker, handler: Added
     try:
         # broker.stop() itself bounds the wait for the batch; this bounds the
         # group leave and producer flush after it, so the process always exits.
-        async with asyncio.timeout(settings.shutdown_grace_s):
+        async with asyncio.timeout(termination.remaining()):
             await broker.stop()
     except TimeoutError:
-        log.error("the Kafka clients did not close within %d s; exiting without them", settings.shutdown_grace_s)
+        log.error("the Kafka clients did not close within %d s of the signal; exiting", settings.shutdown_grace_s)
         return
     log.info("consumer and producer closed")
 
@@ -88,6 +92,9 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # The grace is counted from the signal, not from the end of uvicorn's HTTP drain.
+            termination = Termination(settings.shutdown_grace_s)
+            stack.enter_context(termination.watch_signals())
             # Loading can take seconds (hashing and reading weights); a worker
             # thread keeps the loop free meanwhile.
             backend = await asyncio.to_thread(load_backend, settings)
@@ -133,7 +140,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
             handler = AddedTrackHandler(settings, publisher(broker, publish_backoff), store, embedder)
             subscribe(broker, settings, handler)
             await broker.start()
-            stack.push_async_callback(stop_consuming, settings, broker, handler)
+            stack.push_async_callback(stop_consuming, settings, broker, handler, termination)
             log.info(
                 "consuming %s as group %s (poll: %d tracks / %d ms; batch: %d chunks / %d ms)",
                 settings.stack.topics.tracks_added,

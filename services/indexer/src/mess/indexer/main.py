@@ -11,6 +11,7 @@ from mess.indexer.config import Settings
 from mess.indexer.indexer import Indexer
 from mess.indexer.metrics import IndexerMetrics
 from mess.runtime.http import health_router
+from mess.runtime.termination import Termination
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,17 @@ def create_app(settings: Settings | None = None, on_fatal: FatalHandler | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The grace is counted from the signal, not from the end of uvicorn's HTTP drain.
+        termination = Termination(settings.shutdown_grace_s)
         task = asyncio.create_task(serve(), name="indexer")
         task.add_done_callback(finished)
-        try:
-            yield
-        finally:
-            # SIGTERM: the applied changes are published before the process exits.
-            await indexer.shut_down(task, settings.shutdown_grace_s)
+        with termination.watch_signals():
+            try:
+                yield
+            finally:
+                termination.request()  # a no-op after SIGTERM; starts the clock when the stop came another way
+                # The applied changes are published before the process exits.
+                await indexer.shut_down(task, termination.remaining())
 
     app = FastAPI(title="mess indexer", lifespan=lifespan)
     app.state.indexer = indexer
