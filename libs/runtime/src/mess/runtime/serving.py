@@ -19,6 +19,7 @@ import uvicorn
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STARTUP_FAILURE = 3
+SHUTDOWN_FAILURE = 4
 
 
 class GracefulServer(uvicorn.Server):
@@ -37,7 +38,8 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(app: Any, *, host: str, port: int, graceful_s: int = 30, access_log: bool = False) -> int:
-    """Run until told to stop; returns the process exit status (0 after a clean shutdown)."""
+    """Run until told to stop; returns the process exit status: 0 after a clean
+    shutdown, 3 when the app never started, 4 when its shutdown raised."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -50,4 +52,9 @@ def serve(app: Any, *, host: str, port: int, graceful_s: int = 30, access_log: b
     server.run()
     # A lifespan that failed to start (a model that would not load, a bad
     # setting) leaves the server unstarted: that is a failure, not a stop.
-    return 0 if server.started else STARTUP_FAILURE
+    if not server.started:
+        return STARTUP_FAILURE
+    # A shutdown that raised may have left work uncommitted: say so to the supervisor.
+    if getattr(getattr(server, "lifespan", None), "shutdown_failed", False):
+        return SHUTDOWN_FAILURE
+    return 0
