@@ -29,19 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TrackStatusName = Literal["registered", "embedded", "indexed", "failed", "removed"]
-_METADATA_COLUMNS = (
-    "title",
-    "composer",
-    "composer_full",
-    "work",
-    "movement",
-    "era",
-    "form",
-    "key",
-    "instrument",
-    "performer",
-    "year",
-)
+# One column per TrackMetadata field; tags are an array column handled on their own.
+_METADATA_COLUMNS = tuple(name for name in TrackMetadata.model_fields if name != "tags")
 # Stages whose failures other services report; ingest records its own directly.
 _DOWNSTREAM_STAGES = ("embed", "index")
 

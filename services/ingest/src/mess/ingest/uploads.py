@@ -40,20 +40,8 @@ log = logging.getLogger(__name__)
 
 UPLOAD_DATASET = "upload"
 FILE_FIELD = "file"
-METADATA_FIELDS = (
-    "title",
-    "composer",
-    "composer_full",
-    "work",
-    "movement",
-    "era",
-    "form",
-    "key",
-    "instrument",
-    "performer",
-    "year",
-    "tags",
-)
+# The optional form fields of an upload are the TrackMetadata fields.
+METADATA_FIELDS = tuple(TrackMetadata.model_fields)
 _MAX_FIELDS = 64
 # Room for the multipart boundaries, part headers and metadata fields around the file.
 _ENVELOPE_BYTES = 256 * 1024

@@ -33,18 +33,8 @@ METADATA_KEY = "mess-metadata"
 USER_METADATA_BUDGET = 1900
 # No single text field may take more than this many bytes of that budget.
 LONGEST_TEXT = 300
-_TEXT_FIELDS = (
-    "title",
-    "composer",
-    "composer_full",
-    "work",
-    "movement",
-    "era",
-    "form",
-    "key",
-    "instrument",
-    "performer",
-)
+# The free-text TrackMetadata fields (all but year and tags), the ones that may be shortened.
+_TEXT_FIELDS = tuple(name for name in TrackMetadata.model_fields if name not in ("year", "tags"))
 
 # Objects up to 64 MB go up in one PUT; larger ones (MAESTRO's WAVs reach
 # 200 MB) in 16 MB parts streamed from disk, so memory stays flat and a
