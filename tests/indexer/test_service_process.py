@@ -104,9 +104,7 @@ def test_the_service_resumes_after_kill_9_and_fails_loudly_on_a_model_conflict(
         assert f"mess_indexer_vectors {float(len(expected))}" in metrics
         assert "mess_indexer_consumer_lag" in metrics and "mess_indexer_snapshot_build_seconds_count" in metrics
         process.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells of it.
-        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
-        assert log.read_text().rstrip().endswith(f"Finished server process [{process.pid}]")
+        assert process.wait(timeout=90) == 0  # a graceful stop (see test_sigterm.py for what it publishes)
     latest = store.read_latest()
     assert latest is not None
     ids = snapshot_ids(store, latest.version)

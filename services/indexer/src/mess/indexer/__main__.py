@@ -20,7 +20,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     replay = commands.add_parser(
         "rebuild", help="replay the embedded and removed topics from the beginning into a fresh snapshot"
     )
-    replay.add_argument("--index-type", help="FAISS factory for large shards, e.g. HNSW32,SQ8 or IVF{nlist},SQ8")
+    replay.add_argument(
+        "--index-type", help="FAISS factory string(s) for large shards, e.g. HNSW32,SQ8 or 'HNSW32,SQ8|IVF{nlist},SQ8'"
+    )
     replay.add_argument("--model", help="model fingerprint the new index holds (name@revision/pooling/dim)")
     replay.add_argument("--shards", type=int, help="shard count of the new index")
     return parser.parse_args(argv)

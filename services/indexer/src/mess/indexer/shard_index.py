@@ -62,11 +62,14 @@ def nlist_for(count: int) -> int:
 
 
 def tuned_parameter_of(factory: str) -> str | None:
+    """The search-time knob of a factory string; a leading transform (``PCA256,``,
+    ``OPQ64,``) is allowed, FAISS's ParameterSpace reaches through it."""
     if factory == FLAT:
         return None
-    if factory.startswith("HNSW"):
+    body = factory.split(",", 1)[1] if factory.startswith(("PCA", "OPQ")) and "," in factory else factory
+    if body.startswith("HNSW"):
         return "efSearch"
-    if factory.startswith(("IVF", "OPQ", "PCA")) and "IVF" in factory:
+    if body.startswith("IVF"):
         return "nprobe"
     raise IndexBuildError(
         f"index factory {factory!r} is neither Flat nor an HNSW or IVF family whose search can be tuned"
@@ -144,6 +147,8 @@ def build_index(vectors: Matrix, plan: IndexPlan, *, ef_construction: int = 40) 
         raise IndexBuildError(f"FAISS cannot build {plan.factory!r} for dimension {dim}: {exc}") from exc
     if plan.tuned_parameter == "efSearch":
         hnsw_index: Any = faiss.downcast_index(index)
+        if isinstance(hnsw_index, faiss.IndexPreTransform):
+            hnsw_index = faiss.downcast_index(hnsw_index.index)
         hnsw_index.hnsw.efConstruction = ef_construction
     if plan.tuned_parameter == "nprobe":
         ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
