@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from mess.contracts.asyncapi import render_asyncapi
 from mess.contracts.schemas import check_directory, export_schemas
 from mess.dev import demo
 from mess.dev.stack import LocalStack, StackError, StackState, process_alive
@@ -76,6 +77,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     for path in export_schemas(schema_dir(args)):
         print(path)
+    asyncapi = schema_dir(args).parent / "asyncapi.json"
+    asyncapi.write_text(render_asyncapi(), encoding="utf-8")
+    print(asyncapi)
     return 0
 
 
