@@ -9,11 +9,9 @@ polls `/recommend/{id}` until it answers 200. Prints p50 and p95.
 """
 
 import argparse
-import asyncio
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -26,25 +24,8 @@ from mess.runtime.endpoints import StackSettings
 API_KEY = "freshness-bench-key"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracks", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each track")
-    parser.add_argument("--snapshot-interval", type=float, default=0.5, help="indexer's time trigger, seconds")
-    args = parser.parse_args()
-
-    suffix = uuid.uuid4().hex[:8]
-    settings = StackSettings().model_copy(
-        update={
-            "topic_prefix": f"fresh{suffix}.",
-            "bucket": f"mess-fresh{suffix}",
-            "sqs_queue": f"mess-fresh{suffix}",
-            "postgres_schema": f"fresh_{suffix}",
-            "redis_prefix": f"fresh{suffix}:",
-        }
-    )
-    asyncio.run(local.create_topics(settings))
-    local.provision_storage(settings)
+def measure(settings: StackSettings, args: argparse.Namespace) -> list[float]:
+    """Seconds from each upload to the first 200 of /recommend for that track."""
     work = Path(tempfile.mkdtemp(prefix="mess-freshness-"))
     renditions = demo_renditions(args.tracks, renditions_per_work=1)[: args.tracks]
     print(f"rendering {len(renditions)} tracks of {args.seconds:.0f} s ...", flush=True)
@@ -61,33 +42,40 @@ def main() -> None:
         "MESS_QUERY_SNAPSHOT_POLL_S": "1",
     }
     latencies: list[float] = []
-    try:
-        with Pipeline(local.stack_env(settings), work / "logs", extra) as pipeline:
-            pipeline.start()
-            client = httpx.Client(timeout=30)
-            for path in files:
-                started = time.perf_counter()
-                with path.open("rb") as audio:
-                    response = client.post(
-                        f"{pipeline['ingest'].url}/tracks",
-                        files={"file": (path.name, audio, "audio/flac")},
-                        headers={"X-API-Key": API_KEY},
-                    )
-                response.raise_for_status()
-                track_id = response.json()["track_id"]
-                while True:
-                    answer = client.get(f"{pipeline['query'].url}/recommend/{track_id}", params={"k": 5})
-                    if answer.status_code == 200:
-                        break
-                    if time.perf_counter() - started > 120:
-                        raise SystemExit(f"{track_id} not recommendable after 120 s: {answer.text[:200]}")
-                    time.sleep(0.05)
-                latencies.append(time.perf_counter() - started)
-                print(f"  {path.name}: {latencies[-1]:.2f} s", flush=True)
-    finally:
-        asyncio.run(local.drop_schema(settings))
-        asyncio.run(local.delete_topics(settings))
-        local.delete_storage(settings)
+    with Pipeline(local.stack_env(settings), work / "logs", extra) as pipeline:
+        pipeline.start()
+        client = httpx.Client(timeout=30)
+        for path in files:
+            started = time.perf_counter()
+            with path.open("rb") as audio:
+                response = client.post(
+                    f"{pipeline['ingest'].url}/tracks",
+                    files={"file": (path.name, audio, "audio/flac")},
+                    headers={"X-API-Key": API_KEY},
+                )
+            response.raise_for_status()
+            track_id = response.json()["track_id"]
+            while True:
+                answer = client.get(f"{pipeline['query'].url}/recommend/{track_id}", params={"k": 5})
+                if answer.status_code == 200:
+                    break
+                if time.perf_counter() - started > 120:
+                    raise SystemExit(f"{track_id} not recommendable after 120 s: {answer.text[:200]}")
+                time.sleep(0.05)
+            latencies.append(time.perf_counter() - started)
+            print(f"  {path.name}: {latencies[-1]:.2f} s", flush=True)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracks", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each track")
+    parser.add_argument("--snapshot-interval", type=float, default=0.5, help="indexer's time trigger, seconds")
+    args = parser.parse_args()
+
+    with local.private_stack(StackSettings(), "fresh") as settings:
+        latencies = measure(settings, args)
     ordered = sorted(latencies)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     print(

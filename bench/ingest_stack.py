@@ -6,13 +6,11 @@ and Postgres schema on the already running stack (``make stack``), runs
 production would), and removes everything when it is done.
 """
 
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,24 +27,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 @contextmanager
 def private_stack() -> Iterator[StackSettings]:
-    suffix = uuid.uuid4().hex[:8]
-    settings = StackSettings().model_copy(
-        update={
-            "topic_prefix": f"bench{suffix}.",
-            "bucket": f"mess-bench{suffix}",
-            "sqs_queue": f"mess-bench{suffix}",
-            "postgres_schema": f"bench_{suffix}",
-            "topic_partitions": 4,
-        }
-    )
-    asyncio.run(local.create_topics(settings))
-    local.provision_storage(settings)
-    try:
+    with local.private_stack(StackSettings(), "bench", partitions=4) as settings:
         yield settings
-    finally:
-        asyncio.run(local.drop_schema(settings))
-        asyncio.run(local.delete_topics(settings))
-        local.delete_storage(settings)
 
 
 @contextmanager

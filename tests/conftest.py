@@ -9,11 +9,9 @@ Redis prefix, so tests never see each other's data. Such tests are marked
 ``integration`` automatically; all others are ``unit``.
 """
 
-import asyncio
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,25 +76,8 @@ def backing() -> Iterator[StackSettings]:
 @pytest.fixture
 def stack(backing: StackSettings) -> Iterator[StackSettings]:
     """Endpoints with names no other test uses; topics, bucket and queue exist."""
-    suffix = uuid.uuid4().hex[:10]
-    settings = backing.model_copy(
-        update={
-            "topic_prefix": f"t{suffix}.",
-            "bucket": f"mess-t{suffix}",
-            "sqs_queue": f"mess-t{suffix}",
-            "postgres_schema": f"t_{suffix}",
-            "redis_prefix": f"t{suffix}:",
-            "topic_partitions": int(os.environ.get("MESS_TEST_PARTITIONS", "2")),
-        }
-    )
-    asyncio.run(local.create_topics(settings))
-    local.provision_storage(settings)
-    try:
+    with local.private_stack(backing, "t", int(os.environ.get("MESS_TEST_PARTITIONS", "2"))) as settings:
         yield settings
-    finally:
-        asyncio.run(local.drop_schema(settings))
-        asyncio.run(local.delete_topics(settings))
-        local.delete_storage(settings)
 
 
 @pytest.fixture

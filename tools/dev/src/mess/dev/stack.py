@@ -9,6 +9,7 @@ Postgres or Redis that was already running before ``up`` is left alone.
 """
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
@@ -19,7 +20,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -470,3 +472,29 @@ def delete_storage(settings: StackSettings) -> None:
             s3.delete_objects(Bucket=settings.bucket, Delete={"Objects": keys})
     s3.delete_bucket(Bucket=settings.bucket)
     sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=settings.sqs_queue)["QueueUrl"])
+
+
+@contextlib.contextmanager
+def private_stack(base: StackSettings, tag: str, partitions: int | None = None) -> Iterator[StackSettings]:
+    """``base`` with names nobody else uses (topic prefix, bucket, queue, Postgres
+    schema, Redis prefix), provisioned on entry and removed on exit, so a test
+    or a benchmark never sees another's data and leaves nothing behind."""
+    suffix = uuid.uuid4().hex[:10]
+    updates: dict[str, Any] = {
+        "topic_prefix": f"{tag}{suffix}.",
+        "bucket": f"mess-{tag}{suffix}",
+        "sqs_queue": f"mess-{tag}{suffix}",
+        "postgres_schema": f"{tag}_{suffix}",
+        "redis_prefix": f"{tag}{suffix}:",
+    }
+    if partitions is not None:
+        updates["topic_partitions"] = partitions
+    settings = base.model_copy(update=updates)
+    asyncio.run(create_topics(settings))
+    provision_storage(settings)
+    try:
+        yield settings
+    finally:
+        asyncio.run(drop_schema(settings))
+        asyncio.run(delete_topics(settings))
+        delete_storage(settings)
