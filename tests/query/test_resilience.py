@@ -72,12 +72,21 @@ async def test_an_exhausted_postgres_pool_gives_a_quick_503(
             assert listing.status_code == 503
             assert "busy" in listing.json()["detail"]
             assert listing.headers["retry-after"] == "1"
+            # A recommendation needs only the snapshot: it is answered, marked degraded, not cached.
             recommend = await query.client.get(f"/recommend/{catalogue.ids[2]}")
-            assert recommend.status_code == 503
+            assert recommend.status_code == 200
+            assert recommend.json()["degraded"] is True
+            assert recommend.json()["cached"] is False
+            assert recommend.json()["recommendations"][0]["title"] is None
         finally:
             await query.resources.catalog.pool.release(held)
         assert (await query.client.get("/tracks")).status_code == 200
+        again = await query.client.get(f"/recommend/{catalogue.ids[2]}")
+        assert again.json()["degraded"] is False
+        assert again.json()["cached"] is False  # the degraded answer was never stored
+        assert again.json()["recommendations"][0]["title"] is not None
         assert query.metric("mess_query_postgres_busy_total") == 2
+        assert query.metric("mess_query_recommendations_degraded_total") == 1
 
 
 async def test_concurrent_identical_requests_compute_once(
@@ -101,11 +110,11 @@ async def test_single_flight_shares_one_computation_through_real_redis(stack: St
     cache = RecommendationCache(redis, QueryMetrics(), ttl_s=60, timeout_s=1.0, retry_s=5.0)
     calls = 0
 
-    async def compute() -> bytes:
+    async def compute() -> tuple[bytes, bool]:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.2)  # a slow search, so the other requests arrive meanwhile
-        return b'{"answer":42}'
+        return b'{"answer":42}', True
 
     key = f"{stack.redis_prefix}rec:test"
     try:
@@ -173,6 +182,8 @@ async def test_without_the_registry_table_or_postgres_the_answers_say_why(
         assert listing.status_code == 503
         assert "unreachable" in listing.json()["detail"]
         ready = await query.client.get("/health/ready")
-        assert ready.status_code == 503
+        assert ready.status_code == 200  # still answers recommendations from the snapshot
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["degraded"] == ["postgres"]
         assert ready.json()["checks"]["postgres"] is False
         assert ready.json()["checks"]["snapshot"] is True

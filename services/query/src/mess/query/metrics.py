@@ -32,6 +32,11 @@ class QueryMetrics:
             ["strategy"],
             registry=r,
         )
+        self.degraded = Counter(
+            "mess_query_recommendations_degraded_total",
+            "recommendations answered from the snapshot alone because the catalog (Postgres) was unavailable",
+            registry=r,
+        )
         self.search_seconds = Histogram(
             "mess_query_search_seconds",
             "FAISS search over every shard plus the merge",

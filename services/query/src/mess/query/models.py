@@ -78,6 +78,11 @@ class RecommendationResponse(BaseModel):
     params: dict[str, Any] = Field(description="the parameters used, defaults filled in")
     k: int
     snapshot_version: str
+    degraded: bool = Field(
+        default=False,
+        description="true when the track catalog (Postgres) was unavailable: the neighbours come from the "
+        "snapshot alone, without titles or other metadata, and the answer is not cached",
+    )
     cached: bool = False
     computation_time_ms: float = 0.0
 

@@ -26,7 +26,9 @@ from mess.query.metrics import QueryMetrics
 
 log = logging.getLogger(__name__)
 
-Compute = Callable[[], Awaitable[bytes]]
+# A computation answers (body, cacheable): a body built while a dependency was down
+# (say, without metadata) is served but never cached, or it would outlive the outage.
+Compute = Callable[[], Awaitable[tuple[bytes, bool]]]
 
 
 def cache_key(prefix: str, snapshot_version: str, track_id: str, k: int, strategy: str, params: dict[str, Any]) -> str:
@@ -97,7 +99,7 @@ class RecommendationCache:
     async def get_or_compute(self, key: str | None, compute: Compute) -> tuple[bytes, bool]:
         """(body, came from the cache). ``key`` None means "do not cache this one"."""
         if key is None:
-            return await compute(), False
+            return (await compute())[0], False
         while (running := self._inflight.get(key)) is not None:
             # Another request is already looking this key up: share its answer.
             # shield: one waiter giving up must not cancel the others' result.
@@ -115,8 +117,9 @@ class RecommendationCache:
             if cached is not None:
                 result = (cached, True)
             else:
-                body = await compute()
-                await self._set(key, body)
+                body, cacheable = await compute()
+                if cacheable:
+                    await self._set(key, body)
                 result = (body, False)
         except asyncio.CancelledError:
             future.cancel()

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from mess.contracts.events import RecommendationServed, RecommendedItem, RecommendRequestSummary
 from mess.query.analytics import AnalyticsPublisher
-from mess.query.catalog import TrackCatalog, TrackRecord
+from mess.query.catalog import CatalogBusyError, CatalogUnavailableError, TrackCatalog, TrackRecord
 from mess.query.metrics import QueryMetrics
 from mess.query.models import RecommendationResponse, RecommendedTrack, TrackOut
 from mess.query.recommendation_cache import RecommendationCache, cache_key
@@ -134,11 +134,20 @@ class Recommender:
 
     async def _compute(
         self, snapshot: SnapshotSearcher, track_id: str, k: int, strategy: Strategy, params: StrategyParams
-    ) -> bytes:
+    ) -> tuple[bytes, bool]:
+        """(body, cacheable); a degraded body (the catalog was down) is not cacheable."""
         self._metrics.computed.labels(strategy.value).inc()
         pool = params.pool or k
         neighbours: list[Neighbour] = await self._off_loop(self._search, snapshot, track_id, pool + 1 + _REMOVED_MARGIN)
-        records = await self._catalog.get_many([track_id, *(n.track_id for n in neighbours)])
+        degraded = False
+        try:
+            records = await self._catalog.get_many([track_id, *(n.track_id for n in neighbours)])
+        except (CatalogUnavailableError, CatalogBusyError):
+            # The snapshot alone can answer "what sounds like this": serve the neighbours
+            # without titles (and without removals made since the snapshot) rather than a 503.
+            records = {}
+            degraded = True
+            self._metrics.degraded.inc()
         kept = [
             n
             for n in neighbours
@@ -178,8 +187,9 @@ class Recommender:
             params=params.as_dict(),
             k=k,
             snapshot_version=snapshot.version,
+            degraded=degraded,
         )
-        return response.model_dump_json(exclude={"cached", "computation_time_ms"}).encode("utf-8")
+        return response.model_dump_json(exclude={"cached", "computation_time_ms"}).encode("utf-8"), not degraded
 
     def _search(self, snapshot: SnapshotSearcher, track_id: str, n: int) -> list[Neighbour]:
         started = time.perf_counter()

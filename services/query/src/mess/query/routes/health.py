@@ -1,9 +1,11 @@
 """`/health/live`, `/health/ready` and `/metrics`.
 
-Readiness has hard checks (a snapshot is loaded, Postgres answers) and soft
-ones (Redis, the analytics broker). A failed soft check leaves the replica
-ready, with status "degraded" and the failed parts listed: it still answers
-correctly, only uncached or without analytics events.
+Readiness has one hard check (a snapshot is loaded) and soft ones (Postgres,
+Redis, the analytics broker). A failed soft check leaves the replica ready,
+with status "degraded" and the failed parts listed: it still answers
+recommendations from the snapshot, only uncached, without analytics events,
+or (Postgres down) without metadata. Taking every replica out of the Service
+because the shared Postgres restarts would turn a degraded answer into none.
 """
 
 import asyncio
@@ -26,8 +28,8 @@ async def live() -> dict[str, str]:
 async def ready(resources: ResourcesDep) -> JSONResponse:
     snapshot = resources.follower.current
     postgres, redis = await asyncio.gather(resources.catalog.ping(), resources.cache.ping())
-    hard = {"snapshot": snapshot is not None, "postgres": postgres}
-    soft: dict[str, bool] = {}
+    hard = {"snapshot": snapshot is not None}
+    soft: dict[str, bool] = {"postgres": postgres}
     if resources.cache.enabled:
         soft["redis"] = redis
     if resources.settings.analytics_enabled:
