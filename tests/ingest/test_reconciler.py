@@ -4,7 +4,7 @@ from typing import Any
 
 import boto3
 
-from mess.contracts.events import TrackAdded
+from mess.contracts.events import TRANSIENT_EXHAUSTED, TrackAdded
 from mess.contracts.storage import LATEST_KEY
 from mess.runtime.endpoints import StackSettings
 
@@ -47,3 +47,24 @@ async def test_stale_tracks_are_reannounced_at_a_bounded_rate(stack: StackSettin
     records = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_added, at_least=8)
     events = [TrackAdded.from_bytes(r.value) for r in records]
     assert sorted(e.track_id for e in events if e.reason == "reconcile") == sorted(stale)
+
+
+async def test_a_track_failed_by_an_outage_is_tried_again_but_a_bad_one_is_not(stack: StackSettings) -> None:
+    settings = ingest_settings(stack, reconcile_grace_s=600)
+    async with running_ingest(settings) as service, service.client() as client:
+        outage, undecodable = [
+            (await client.post("/tracks", files={"file": ("t.wav", tone(hz=hz))})).json()["track_id"]
+            for hz in (410.0, 420.0)
+        ]
+        registry = service.resources.registry
+        assert await registry.mark_failed(outage, "embed", f"{TRANSIENT_EXHAUSTED}: s3 get_object failed 5 times")
+        assert await registry.mark_failed(undecodable, "embed", "decode: not audio")
+        connection = await connect_db(stack)
+        try:
+            await connection.execute("UPDATE tracks SET announced_at = now() - interval '1 hour'")
+        finally:
+            await connection.close()
+        report = await service.resources.reconciler.reconcile_once()
+        assert report.reannounced == [outage]
+        assert (await service.resources.reconciler.reconcile_once()).reannounced == []  # not before the grace again
+        await outbox_drained(stack)

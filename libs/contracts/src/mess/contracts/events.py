@@ -131,6 +131,12 @@ class TrackRemoved(Event):
 FailureStage = Literal["ingest", "embed", "index", "query"]
 
 
+#: ``TrackFailed.error_kind`` of a failure that says nothing about the track: a
+#: dependency (S3, say) stayed down past the stage's retries. The ingest
+#: reconciler announces such tracks again after its grace period.
+TRANSIENT_EXHAUSTED = "transient_exhausted"
+
+
 class TrackFailed(Event):
     """A dead letter: what failed, why, and the original message untouched."""
 
@@ -139,7 +145,11 @@ class TrackFailed(Event):
     # Not a TrackId: a malformed event may carry an invalid id, or none.
     track_id: str | None = None
     stage: FailureStage
-    error_kind: str = Field(min_length=1, description="e.g. decode, silent, too_short, malformed_event")
+    error_kind: str = Field(
+        min_length=1,
+        description="e.g. decode, silent, too_short, malformed_event; transient_exhausted means a dependency "
+        "stayed down past the retries and the track will be tried again",
+    )
     error: str = Field(description="human-readable reason")
     attempts: int = Field(default=1, ge=1)
     source_topic: str | None = None

@@ -37,7 +37,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 from pydantic import ValidationError
 
-from mess.contracts.events import Event, TrackAdded, TrackEmbedded, TrackFailed
+from mess.contracts.events import TRANSIENT_EXHAUSTED, Event, TrackAdded, TrackEmbedded, TrackFailed
 from mess.embedder import metrics
 from mess.embedder.audio import AudioRejectedError
 from mess.embedder.config import Settings
@@ -151,7 +151,7 @@ class AddedTrackHandler:
             await self._dead_letter(record, exc.kind, exc.reason, event.track_id)
             return
         except RetriesExhaustedError as exc:
-            await self._dead_letter(record, "transient_exhausted", str(exc), event.track_id, attempts=exc.attempts)
+            await self._dead_letter(record, TRANSIENT_EXHAUSTED, str(exc), event.track_id, attempts=exc.attempts)
             return
         except Exception as exc:  # a model or code failure is this track's, not the partition's
             log.exception("embedding %s failed unexpectedly", event.track_id)

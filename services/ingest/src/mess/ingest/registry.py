@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
-from mess.contracts.events import Event, TrackAdded, TrackFailed, TrackMetadata, TrackRemoved
+from mess.contracts.events import TRANSIENT_EXHAUSTED, Event, TrackAdded, TrackFailed, TrackMetadata, TrackRemoved
 from mess.contracts.topics import TRACKS_ADDED, TRACKS_FAILED, TRACKS_REMOVED
 from mess.ingest.audio import AudioFacts
 
@@ -333,16 +333,26 @@ class TrackRegistry:
         return int(result.rsplit(" ", 1)[-1])
 
     async def reannounce_stale(self, grace_s: float, limit: int) -> list[str]:
-        """Queue TrackAdded again for tracks not indexed ``grace_s`` after their last announcement, oldest first."""
+        """Queue TrackAdded again for tracks not indexed ``grace_s`` after their last announcement, oldest first.
+
+        A track a downstream stage gave up on only because a dependency stayed down
+        past its retries (``transient_exhausted``: S3 unreachable, say) counts as not
+        indexed too: the outage ends, the audio has not changed, so it is tried
+        again every grace period instead of staying failed for ever. Failures that
+        say something about the audio itself (undecodable, silent) stay failed.
+        """
         async with self.db.transaction() as connection:
             rows = await connection.fetch(
                 "WITH stale AS ("
-                " SELECT id FROM tracks WHERE status IN ('registered', 'embedded')"
+                " SELECT id FROM tracks WHERE (status IN ('registered', 'embedded')"
+                "  OR (status = 'failed' AND failure_stage = ANY($3::text[]) AND failure_reason LIKE $4))"
                 " AND announced_at < now() - make_interval(secs => $1)"
                 " ORDER BY announced_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
                 "UPDATE tracks SET announced_at = now() FROM stale WHERE tracks.id = stale.id RETURNING tracks.*",
                 grace_s,
                 limit,
+                list(_DOWNSTREAM_STAGES),
+                f"{TRANSIENT_EXHAUSTED}:%",
             )
             for row in rows:
                 await self._enqueue(connection, TRACKS_ADDED, added_event(row, "reconcile"))
