@@ -15,7 +15,8 @@ from mess.contracts.topics import Topics
 
 
 class StackSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MESS_", extra="ignore")
+    # Errors name the setting, never echo its value: the DSN and the S3 secret are among them.
+    model_config = SettingsConfigDict(env_prefix="MESS_", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="comma-separated host:port list")
     topic_prefix: str = Field(default="", description="prepended to every topic name")

@@ -10,6 +10,7 @@ from mess.contracts.asyncapi import render_asyncapi
 from mess.contracts.schemas import check_directory, export_schemas
 from mess.dev import demo
 from mess.dev.stack import LocalStack, StackError, StackState, process_alive
+from mess.runtime import access
 from mess.runtime.endpoints import StackSettings
 
 
@@ -74,6 +75,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    # The key goes to stderr and the entry to stdout, so `mess-dev keys new LABEL >> keys` files the entry
+    # while the key shows on the terminal only.
+    key = access.mint_key()
+    try:
+        entry = access.key_line(args.label, key)
+    except access.KeyConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"key for {args.label} (give it to the client; it is shown only this once):\n  {key}", file=sys.stderr)
+    print(entry)
+    return 0
+
+
+def cmd_keys_hash(args: argparse.Namespace) -> int:
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("give the key on stdin", file=sys.stderr)
+        return 2
+    try:
+        print(access.key_line(args.label, key))
+    except access.KeyConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     for path in export_schemas(schema_dir(args)):
         print(path)
@@ -114,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--max-seconds", type=float, default=30.0)
     run_demo.add_argument("--timeout", type=float, default=1800.0)
     run_demo.set_defaults(run=cmd_demo)
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    new_key = keys.add_parser("new", help="mint a key: the key once on stderr, its label:sha256 entry on stdout")
+    new_key.add_argument("label", help="names the key in logs, e.g. ci-uploader-2025-06")
+    new_key.set_defaults(run=cmd_keys_new)
+    hash_key = keys.add_parser("hash", help="the label:sha256 entry of a key read from stdin")
+    hash_key.add_argument("label")
+    hash_key.set_defaults(run=cmd_keys_hash)
     schemas = commands.add_parser("schemas", help="event JSON Schemas").add_subparsers(dest="action", required=True)
     for name, run in (("export", cmd_schemas_export), ("check", cmd_schemas_check)):
         sub = schemas.add_parser(name)
