@@ -4,18 +4,21 @@ Every knob of the service lives here; bad values fail at start-up, not on the
 first request that happens to need them.
 """
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mess.runtime.access import KeyConfigError, KeyEntry, digest_key, parse_entries, parse_origins, plaintext_entries
 from mess.runtime.endpoints import StackSettings
 
 # The key `make up` works with out of the box. It is public (it is in the
 # README), so production mode refuses it.
 DEVELOPMENT_API_KEY = "mess-dev-key"
 _PLACEHOLDER_KEYS = frozenset({DEVELOPMENT_API_KEY, "changeme", "change-me", "secret", "password", "test", "dev"})
-_MIN_PRODUCTION_KEY_CHARS = 16
+# Production refuses these wherever they appear, by digest, so a keys file cannot bring them back either.
+REFUSED_KEYS = {digest_key(key): "a public development or placeholder key" for key in _PLACEHOLDER_KEYS}
 # One CopyObject call moves at most 5 GiB; larger audio would need a multipart copy.
 _MAX_COPYABLE_BYTES = 5 * 1024**3
 _S3_MIN_PART_BYTES = 5 * 1024**2
@@ -23,7 +26,8 @@ DEFAULT_STATUS_GROUP = "mess-ingest-status"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MESS_INGEST_", extra="ignore")
+    # Errors name the setting, never echo its value: a value may be a key or a DSN with a password.
+    model_config = SettingsConfigDict(env_prefix="MESS_INGEST_", extra="ignore", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=1, le=65535)
@@ -40,11 +44,32 @@ class Settings(BaseSettings):
 
     # --- access ----------------------------------------------------------------
     environment: Literal["development", "production"] = Field(
-        default="development", description="production refuses an empty or placeholder API key"
+        default="development",
+        description="production takes key digests only, refuses to start without one, and refuses placeholders",
     )
-    api_keys: SecretStr = Field(
-        default=SecretStr(DEVELOPMENT_API_KEY),
-        description="comma-separated keys accepted in the X-API-Key header of writes",
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="development only: comma-separated keys for writes, hashed at start; unset with no other key "
+        "source: the development key",
+    )
+    api_key_hashes: str = Field(
+        default="", description="`label:sha256hex` entries (comma- or newline-separated) of the keys for writes"
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="a file of `label:sha256hex` lines for writes, re-read when it changes"
+    )
+    api_keys_check_s: float = Field(
+        default=1.0, ge=0, le=300, description="how often the keys files are checked for a change (0: every request)"
+    )
+    require_read_key: bool = Field(default=False, description="GET routes need a read or a write key too")
+    read_api_key_hashes: str = Field(default="", description="`label:sha256hex` entries of keys for GET routes")
+    read_api_keys_file: Path | None = Field(default=None, description="a keys file for GET routes")
+    write_rate_per_s: float = Field(
+        default=20.0, ge=0, description="writes per second per key, on average, in each replica; 0: no limit"
+    )
+    write_burst: int = Field(default=200, ge=1, description="writes per key accepted at once before the rate applies")
+    cors_origins: str = Field(
+        default="", description="comma-separated browser origins allowed to call the API; empty: no CORS at all"
     )
 
     # --- what an upload may be ------------------------------------------------
@@ -121,19 +146,60 @@ class Settings(BaseSettings):
                 f"min_duration_s ({self.min_duration_s}) must be below max_duration_s ({self.max_duration_s})"
             )
         if self.environment == "production":
-            keys = self.api_key_list()
-            if not keys:
-                raise ValueError("MESS_INGEST_API_KEYS is empty; production mode needs at least one key")
-            weak = [k for k in keys if k.lower() in _PLACEHOLDER_KEYS or len(k) < _MIN_PRODUCTION_KEY_CHARS]
-            if weak:
+            if self.api_keys is not None and self.api_keys.get_secret_value().strip():
                 raise ValueError(
-                    f"MESS_INGEST_API_KEYS holds {len(weak)} placeholder or short key(s); production mode needs "
-                    f"keys of at least {_MIN_PRODUCTION_KEY_CHARS} characters that are not a known default"
+                    "MESS_INGEST_API_KEYS holds keys themselves; production takes only their digests: "
+                    "MESS_INGEST_API_KEYS_FILE or MESS_INGEST_API_KEY_HASHES (mint a key with `mess-dev keys new`)"
                 )
+            # The file is read at start-up (it may be mounted only in the pod); here it only has to be named.
+            if not self.write_key_entries() and self.api_keys_file is None:
+                raise ValueError("no API key: production needs MESS_INGEST_API_KEYS_FILE or MESS_INGEST_API_KEY_HASHES")
+            refused = [e.label for e in self.write_key_entries() + self.read_key_entries() if e.digest in REFUSED_KEYS]
+            if refused:
+                raise ValueError(f"production refuses the public development or placeholder key(s) {refused}")
+        if self.require_read_key and not (
+            self.write_key_entries() or self.read_key_entries() or self.api_keys_file or self.read_api_keys_file
+        ):
+            raise ValueError("MESS_INGEST_REQUIRE_READ_KEY is on, but no key is configured that could read")
         return self
 
-    def api_key_list(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+    @field_validator("api_key_hashes", "read_api_key_hashes")
+    @classmethod
+    def _digests(cls, value: str, info: ValidationInfo) -> str:
+        name = f"MESS_INGEST_{(info.field_name or '').upper()}"
+        try:
+            parse_entries(value, name)
+        except KeyConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        parse_origins(value)
+        return value
+
+    @field_validator("api_keys_file", "read_api_keys_file", mode="before")
+    @classmethod
+    def _empty_path_means_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def write_key_entries(self) -> tuple[KeyEntry, ...]:
+        """The fixed write keys: digests given, plaintext keys hashed, or the development key when development
+        mode names no key source at all."""
+        entries = parse_entries(self.api_key_hashes, "MESS_INGEST_API_KEY_HASHES")
+        if self.api_keys is not None:
+            entries += plaintext_entries(self.api_keys.get_secret_value(), "MESS_INGEST_API_KEYS")
+        if not entries and self.api_keys is None and self.api_keys_file is None and self.environment == "development":
+            entries = (KeyEntry("development", digest_key(DEVELOPMENT_API_KEY)),)
+        return entries
+
+    def read_key_entries(self) -> tuple[KeyEntry, ...]:
+        return parse_entries(self.read_api_key_hashes, "MESS_INGEST_READ_API_KEY_HASHES")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return parse_origins(self.cors_origins)
 
     @property
     def status_consumer_group(self) -> str:

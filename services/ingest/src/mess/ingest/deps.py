@@ -1,12 +1,16 @@
-"""Request dependencies: the lifespan's resources and the API-key check, as ``Annotated`` aliases."""
+"""Request dependencies: the lifespan's resources and the API-key checks, as ``Annotated`` aliases."""
 
-import hashlib
-import hmac
+import logging
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
 
+from mess.ingest.access import IngestAccess
 from mess.ingest.resources import IngestResources
+from mess.runtime.access import KEY_HEADER, retry_after
+
+log = logging.getLogger(__name__)
 
 
 def _resources(request: Request) -> IngestResources:
@@ -16,22 +20,43 @@ def _resources(request: Request) -> IngestResources:
 
 Resources = Annotated[IngestResources, Depends(_resources)]
 
+_write_key = APIKeyHeader(name=KEY_HEADER, auto_error=False, description="an ingest API key (writes)")
 
-def require_api_key(
-    resources: Resources, x_api_key: Annotated[str | None, Header(description="an ingest API key")] = None
-) -> None:
-    """401 unless ``X-API-Key`` is one of the configured keys (compared in constant time)."""
-    if not x_api_key:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send an API key in the X-API-Key header")
-    # Digests have one length, and every key is compared without stopping early, so the time taken
-    # says nothing about a key's length or which key came close.
-    offered = hashlib.sha256(x_api_key.encode("utf-8")).digest()
-    matches = [
-        hmac.compare_digest(offered, hashlib.sha256(key.encode("utf-8")).digest())
-        for key in resources.settings.api_key_list()
-    ]
-    if not any(matches):
+
+def require_api_key(request: Request, x_api_key: Annotated[str | None, Security(_write_key)] = None) -> None:
+    """401 unless ``X-API-Key`` is a write key; 429 with ``Retry-After`` once the key's rate is spent."""
+    access: IngestAccess = request.app.state.access
+    entry = access.write_keys.match(x_api_key)
+    if entry is None:
+        # The key is never logged, whether it was right or wrong; the label of a right one is.
+        log.info("refused %s %s: %s", request.method, request.url.path, "unknown key" if x_api_key else "no key")
+        if not x_api_key:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send an API key in the X-API-Key header")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the X-API-Key is not valid")
+    request.state.api_key_label = entry.label
+    if access.write_rate is not None:
+        wait_s = access.write_rate.take(entry.digest)
+        if wait_s > 0:
+            log.info("rate limited %s %s for key %s", request.method, request.url.path, entry.label)
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many writes with this key; try again in {retry_after(wait_s)} s",
+                headers={"Retry-After": retry_after(wait_s)},
+            )
+    log.debug("%s %s by key %s", request.method, request.url.path, entry.label)
+
+
+def require_read_key(request: Request) -> None:
+    """With ``REQUIRE_READ_KEY`` on (the only case this runs), 401 unless ``X-API-Key`` is a read or write key.
+    Read from the headers directly so the OpenAPI document stays the same whichever way it is set."""
+    access: IngestAccess = request.app.state.access
+    if access.read_keys is None:
+        return
+    offered = request.headers.get(KEY_HEADER)
+    if access.read_keys.match(offered) is None:
+        log.info("refused %s %s: %s", request.method, request.url.path, "unknown key" if offered else "no key")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "this service needs an API key in the X-API-Key header")
 
 
 ApiKey = Depends(require_api_key)
+ReadKey = Depends(require_read_key)

@@ -249,8 +249,17 @@ class UploadIntake:
     async def _receive(self, request: Request, boundary: bytes, staged: StagedUpload, spool: IO[bytes]) -> _FormStream:
         form = _FormStream(self.settings, staged, spool)
         parser = form.parser(boundary)
+        # The file part is limited as it arrives; this bounds the rest (fields, part headers, a preamble
+        # or an epilogue the parser skips), so no body of any shape is read without end.
+        body_limit = self.settings.max_upload_bytes + _ENVELOPE_BYTES
+        received = 0
         try:
             async for chunk in request.stream():
+                received += len(chunk)
+                if received > body_limit:
+                    raise UploadError(
+                        413, "too_large", f"the body exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
+                    )
                 if chunk:
                     await form.feed(parser, chunk)
             parser.finalize()
@@ -262,7 +271,8 @@ class UploadIntake:
         except ClientDisconnect as exc:
             raise UploadError(400, "disconnected", "the client went away before the upload finished") from exc
         except (ClientError, BotoCoreError) as exc:
-            raise UploadError(503, "storage_unavailable", f"S3 refused the upload: {exc}") from exc
+            log.warning("staging an upload in S3 failed: %r", exc)
+            raise UploadError(503, "storage_unavailable", "the audio store did not take the upload; try again") from exc
         return form
 
     def _boundary(self, request: Request) -> bytes:
