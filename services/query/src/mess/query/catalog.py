@@ -164,7 +164,7 @@ class TrackCatalog:
                 f"the track registry is busy: no database connection freed up within {self._acquire_timeout:g}s"
             ) from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise CatalogUnavailableError(f"the track registry is unreachable: {exc}") from exc
+            raise CatalogUnavailableError("the track registry is unreachable") from exc
         try:
             yield connection
         except asyncpg.UndefinedTableError as exc:
@@ -172,7 +172,7 @@ class TrackCatalog:
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise CatalogUnavailableError("the track registry did not answer in time") from exc
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            raise CatalogUnavailableError(f"the track registry connection failed: {exc}") from exc
+            raise CatalogUnavailableError("the track registry connection failed") from exc
         finally:
             try:
                 await self.pool.release(connection)

@@ -7,14 +7,19 @@ first request that happens to need them.
 import tempfile
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mess.runtime.access import KeyConfigError, KeyEntry, parse_entries, parse_origins
 from mess.runtime.endpoints import StackSettings
+
+# A presigned URL works for anyone who holds it until it expires: keep that short.
+MAX_AUDIO_URL_EXPIRY_S = 900
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MESS_QUERY_", extra="ignore")
+    # Errors name the setting, never echo its value: a value may be a DSN with a password.
+    model_config = SettingsConfigDict(env_prefix="MESS_QUERY_", extra="ignore", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -68,14 +73,63 @@ class Settings(BaseSettings):
 
     # --- audio and waveforms -------------------------------------------------
     audio_redirect: bool = Field(default=False, description="307 to a presigned S3 URL instead of streaming")
-    audio_url_expiry_s: int = Field(default=60, ge=1, le=3600)
+    audio_url_expiry_s: int = Field(
+        default=60, ge=1, le=MAX_AUDIO_URL_EXPIRY_S, description="lifetime of a presigned audio URL"
+    )
     audio_chunk_bytes: int = Field(default=256 * 1024, ge=4096)
+
+    # --- access --------------------------------------------------------------
+    require_read_key: bool = Field(default=False, description="every route but health, metrics and docs needs a key")
+    read_api_key_hashes: str = Field(
+        default="", description="`label:sha256hex` entries (comma- or newline-separated) of the read keys"
+    )
+    read_api_keys_file: Path | None = Field(
+        default=None, description="a file of `label:sha256hex` lines, re-read when it changes"
+    )
+    api_keys_check_s: float = Field(
+        default=1.0, ge=0, le=300, description="how often the keys file is checked for a change (0: every request)"
+    )
+    cors_origins: str = Field(
+        default="", description="comma-separated browser origins allowed to call the API; empty: no CORS at all"
+    )
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> "Settings":
         if self.pg_pool_min > self.pg_pool_max:
             raise ValueError(f"pg_pool_min ({self.pg_pool_min}) exceeds pg_pool_max ({self.pg_pool_max})")
+        if self.require_read_key and not self.read_key_entries() and self.read_api_keys_file is None:
+            raise ValueError(
+                "MESS_QUERY_REQUIRE_READ_KEY is on, but neither MESS_QUERY_READ_API_KEY_HASHES "
+                "nor MESS_QUERY_READ_API_KEYS_FILE names a key"
+            )
         return self
+
+    @field_validator("read_api_key_hashes")
+    @classmethod
+    def _digests(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            parse_entries(value, f"MESS_QUERY_{(info.field_name or '').upper()}")
+        except KeyConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        parse_origins(value)
+        return value
+
+    @field_validator("read_api_keys_file", mode="before")
+    @classmethod
+    def _empty_path_means_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def read_key_entries(self) -> tuple[KeyEntry, ...]:
+        return parse_entries(self.read_api_key_hashes, "MESS_QUERY_READ_API_KEY_HASHES")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return parse_origins(self.cors_origins)
 
     @property
     def snapshot_dir(self) -> Path:

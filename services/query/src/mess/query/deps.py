@@ -1,10 +1,15 @@
 """`Annotated` dependency aliases: routes declare what they need, the lifespan provides it."""
 
+import logging
 from typing import Annotated, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
 
 from mess.query.resources import Resources
+from mess.runtime.access import KEY_HEADER, KeyStore
+
+log = logging.getLogger(__name__)
 
 
 def _resources(request: Request) -> Resources:
@@ -12,3 +17,19 @@ def _resources(request: Request) -> Resources:
 
 
 ResourcesDep = Annotated[Resources, Depends(_resources)]
+
+_read_key = APIKeyHeader(name=KEY_HEADER, auto_error=False, description="a read API key")
+
+
+def require_read_key(request: Request, x_api_key: Annotated[str | None, Security(_read_key)] = None) -> None:
+    """401 unless ``X-API-Key`` is a read key (only mounted when ``REQUIRE_READ_KEY`` is on)."""
+    keys: KeyStore = request.app.state.read_keys
+    entry = keys.match(x_api_key)
+    if entry is None:
+        # The key is never logged, whether it was right or wrong; the label of a right one is.
+        log.info("refused %s %s: %s", request.method, request.url.path, "unknown key" if x_api_key else "no key")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "this service needs an API key in the X-API-Key header")
+    request.state.api_key_label = entry.label
+
+
+ReadKey = Depends(require_read_key)

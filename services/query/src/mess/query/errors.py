@@ -1,5 +1,7 @@
 """How each failure becomes an HTTP answer: a status code and a body that says why."""
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -7,6 +9,8 @@ from mess.query.catalog import BadCursorError, CatalogBusyError, CatalogUnavaila
 from mess.query.media import MediaMissingError, MediaUnavailableError, RangeNotSatisfiableError
 from mess.query.recommender import NotReadyError, TrackNotFoundError, TrackNotIndexedError
 from mess.query.strategies import ParameterError
+
+log = logging.getLogger(__name__)
 
 
 def unprocessable(location: str, name: str, message: str) -> JSONResponse:
@@ -49,7 +53,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(CatalogUnavailableError)
-    async def catalog_unavailable(_: Request, exc: CatalogUnavailableError) -> JSONResponse:
+    async def catalog_unavailable(request: Request, exc: CatalogUnavailableError) -> JSONResponse:
+        # The cause (host, port, driver text) goes to the log, never into the sentence for the client.
+        log.warning("%s %s: %s (%r)", request.method, request.url.path, exc, exc.__cause__)
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(MediaMissingError)
@@ -57,7 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(MediaUnavailableError)
-    async def media_unavailable(_: Request, exc: MediaUnavailableError) -> JSONResponse:
+    async def media_unavailable(request: Request, exc: MediaUnavailableError) -> JSONResponse:
+        log.warning("%s %s: %s (%r)", request.method, request.url.path, exc, exc.__cause__)
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RangeNotSatisfiableError)

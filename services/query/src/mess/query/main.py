@@ -7,11 +7,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mess.query.access import open_read_keys
 from mess.query.config import Settings
+from mess.query.deps import ReadKey
 from mess.query.errors import install_error_handlers
 from mess.query.metrics import QueryMetrics
 from mess.query.resources import open_resources
 from mess.query.routes import health, media, recommendations, tracks
+from mess.runtime.access import allow_origins
+from mess.runtime.http import InternalErrors
 
 
 class RequestTimer:
@@ -48,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Keys first: a bad keys file stops the start before anything is connected.
+        app.state.read_keys = open_read_keys(settings)
         async with open_resources(settings, metrics) as resources:
             app.state.resources = resources
             yield
@@ -59,9 +65,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RequestTimer, metrics=metrics)
+    app.add_middleware(InternalErrors)
+    allow_origins(
+        app,
+        settings.cors_origin_list,
+        ["GET", "POST"],
+        ["X-Cache", "X-Snapshot-Version", "X-Request-ID", "Content-Range", "Accept-Ranges", "Retry-After"],
+    )
     install_error_handlers(app)
+    # Health and metrics stay open whatever the setting: probes and scrapers carry no key.
+    reads = [ReadKey] if settings.require_read_key else []
     app.include_router(health.router)
-    app.include_router(tracks.router)
-    app.include_router(recommendations.router)
-    app.include_router(media.router)
+    app.include_router(tracks.router, dependencies=reads)
+    app.include_router(recommendations.router, dependencies=reads)
+    app.include_router(media.router, dependencies=reads)
     return app

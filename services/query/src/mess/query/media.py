@@ -97,10 +97,10 @@ class MediaStore:
             head = await self._s3.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if _missing(exc):
-                raise MediaMissingError(f"the audio object {audio_uri} is missing") from exc
-            raise MediaUnavailableError(f"S3 failed: {exc}") from exc
+                raise MediaMissingError("the audio object of this track is missing from storage") from exc
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         except (BotoCoreError, OSError) as exc:
-            raise MediaUnavailableError(f"S3 failed: {exc}") from exc
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         extension = key.rsplit(".", 1)[-1].lower()
         content_type = head.get("ContentType") or ""
         if not content_type or content_type in ("binary/octet-stream", "application/octet-stream"):
@@ -117,10 +117,10 @@ class MediaStore:
                 response = await self._s3.get_object(Bucket=audio.bucket, Key=audio.key, Range=wanted)
         except ClientError as exc:
             if _missing(exc):
-                raise MediaMissingError(f"the audio object s3://{audio.bucket}/{audio.key} is missing") from exc
-            raise MediaUnavailableError(f"S3 failed: {exc}") from exc
+                raise MediaMissingError("the audio object of this track is missing from storage") from exc
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         except (BotoCoreError, OSError) as exc:
-            raise MediaUnavailableError(f"S3 failed: {exc}") from exc
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         body = response["Body"]
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -144,9 +144,9 @@ class MediaStore:
         except ClientError as exc:
             if _missing(exc):
                 raise MediaMissingError(f"no waveform for track {track_id} yet") from exc
-            raise MediaUnavailableError(f"S3 failed: {exc}") from exc
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         except (BotoCoreError, OSError) as exc:
-            raise MediaUnavailableError(f"S3 failed: {exc}") from exc
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         try:
             return WaveformPeaks.model_validate_json(raw)
         except ValidationError as exc:
