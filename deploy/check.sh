@@ -47,7 +47,7 @@ declare -A EXTERNAL_SECRETS=(
   [eks]="mess-external-endpoints mess-ingest-api-keys"
 )
 # Variables docker-compose.yml must refuse to run without.
-REQUIRED_COMPOSE_VARS=(POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MESS_INGEST_API_KEYS)
+REQUIRED_COMPOSE_VARS=(POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MESS_INGEST_API_KEY_HASHES)
 
 failures=()
 fail() { failures+=("$1"); echo "FAIL: $1" >&2; }
@@ -160,7 +160,7 @@ if wants compose || wants settings; then
   compose_tool || fail "no compose"
   if [ "${#COMPOSE[@]}" -gt 0 ]; then
     compose_env=(POSTGRES_PASSWORD=check-postgres MINIO_ROOT_PASSWORD=check-minio-secret
-                 MESS_INGEST_API_KEYS=check-api-key-0123456789)
+                 MESS_INGEST_API_KEY_HASHES=check:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef)
     # Only the variables given here: a value in the caller's environment must
     # not hide a missing default.
     unset_all=(); for var in "${REQUIRED_COMPOSE_VARS[@]}"; do unset_all+=(-u "$var"); done

@@ -26,14 +26,13 @@ import yaml
 SERVICES = ("ingest", "embedder", "indexer", "query")
 
 # What a Secret key stands for when the real value is not in git: plausible
-# values that pass the services' own validation (the ingest API key must be a
-# long, non-placeholder key in production mode).
+# values that pass the services' own validation. (The ingest API keys come from
+# a Secret volume, read at start-up: only the file's path is a setting.)
 SECRET_STAND_INS = {
     "dsn": "postgresql://mess:stand-in@postgres.example:5432/mess",
     "postgres-dsn": "postgresql://mess:stand-in@postgres.example:5432/mess",
     "redis-url": "redis://redis.example:6379/0",
     "kafka-bootstrap": "kafka-1.example:9092,kafka-2.example:9092",
-    "api-keys": "stand-in-api-key-0123456789",
     "access-key-id": "stand-in",
     "secret-access-key": "stand-in-secret",
 }

@@ -125,10 +125,11 @@ BROKEN_CASES: dict[str, tuple[str, Breakage, str]] = {
             (t / "docker-compose.yml")
             .read_text()
             .replace(
-                "${MESS_INGEST_API_KEYS:?set MESS_INGEST_API_KEYS", "${MESS_INGEST_API_KEYS:-set MESS_INGEST_API_KEYS"
+                "${MESS_INGEST_API_KEY_HASHES:?set MESS_INGEST_API_KEY_HASHES",
+                "${MESS_INGEST_API_KEY_HASHES:-set MESS_INGEST_API_KEY_HASHES",
             )
         ),
-        "compose config passes without MESS_INGEST_API_KEYS",
+        "compose config passes without MESS_INGEST_API_KEY_HASHES",
     ),
     "compose_unknown_key": (
         "compose",
