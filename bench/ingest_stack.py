@@ -40,6 +40,8 @@ def ingest_process(settings: StackSettings, **extra_env: str) -> Iterator[str]:
         **local.stack_env(settings),
         "MESS_INGEST_PORT": str(port),
         "MESS_INGEST_API_KEYS": API_KEY,
+        # Throughput is what is measured here, not the per-key write limit.
+        "MESS_INGEST_WRITE_RATE_PER_S": "0",
         "MESS_INGEST_LOG_LEVEL": "WARNING",
         "MESS_INGEST_RECONCILER_ENABLED": "false",
         **extra_env,
