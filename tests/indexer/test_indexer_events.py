@@ -1,9 +1,13 @@
 """The live indexer through the real broker and S3 endpoint: upserts, removals,
 cross-topic ordering, the model guard and poison messages."""
 
+import asyncio
+import time
+
 import numpy as np
 
 from mess.contracts.events import SnapshotPublished
+from mess.dev.stack import create_topics, delete_topics
 from mess.indexer.sharding import shard_of
 from mess.runtime.endpoints import StackSettings
 
@@ -153,3 +157,29 @@ async def test_a_redelivered_event_does_not_cause_a_snapshot(stack: StackSetting
     # Stopping waits for an in-flight publish, so one caused by the redelivery would show here.
     latest = store.read_latest()
     assert latest is not None and latest.version == snapshot.version
+
+
+async def test_a_topic_the_broker_lost_and_recreated_is_read_again_from_its_start(stack: StackSettings) -> None:
+    # What a memory-storage broker does on restart: the topics come back empty
+    # (the deployment's topic job creates them again) and every offset restarts at 0.
+    store = snapshot_store(stack)
+    async with running(indexer_settings(stack)) as indexer:
+        async with producer(stack) as send:
+            for n in range(12):
+                await send(embedded(f"before-{n:02d}", seed=n, when=at(n)))
+        await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 12, "12 tracks indexed")
+        await asyncio.to_thread(_recreate_topics, stack)
+        async with producer(stack) as send:
+            for n in range(3):
+                await send(embedded(f"after-{n:02d}", seed=50 + n, when=at(50 + n)))
+        latest = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 15, "the 3 new tracks indexed")
+        assert sorted(snapshot_ids(store, latest.version)) == sorted(
+            [f"before-{n:02d}" for n in range(12)] + [f"after-{n:02d}" for n in range(3)]
+        )
+        assert indexer.metrics.logs_rewound._value.get() >= 1
+
+
+def _recreate_topics(stack: StackSettings) -> None:
+    asyncio.run(delete_topics(stack))
+    time.sleep(0.5)
+    asyncio.run(create_topics(stack))

@@ -106,6 +106,38 @@ class TrackEventFeed:
     async def end_offsets(self) -> dict[TopicPartition, int]:
         return dict(await self.consumer.end_offsets(list(self._positions)))
 
+    async def rewind_lost_logs(self) -> list[TopicPartition]:
+        """Partitions whose log now ends before our position go back to their beginning.
+
+        Kafka answers a fetch past the end with OFFSET_OUT_OF_RANGE and the
+        reset policy handles it, but a broker that lost its storage (Tansu's
+        memory store after a restart) and had the topic created again just
+        answers "nothing yet" until the new log grows past our old position,
+        so every event published meanwhile would be skipped for good. Events
+        are idempotent: reading the new log from its start is always safe.
+        """
+        if not self._positions:
+            return []
+        ends = await self.consumer.end_offsets(list(self._positions))
+        rewound: list[TopicPartition] = []
+        for tp, mine in self._positions.items():
+            end = ends.get(tp)
+            if end is not None and end < mine:
+                log.warning(
+                    "%s[%d]: the log ends at %d, before our position %d (lost by the broker?); reading it again",
+                    tp.topic,
+                    tp.partition,
+                    end,
+                    mine,
+                )
+                rewound.append(tp)
+        if rewound:
+            beginnings = await self.consumer.beginning_offsets(rewound)
+            for tp in rewound:
+                self.consumer.seek(tp, beginnings[tp])
+                self._positions[tp] = beginnings[tp]
+        return rewound
+
     async def skip_gaps(self) -> None:
         """After an empty poll, move each position up to the consumer's: offsets
         between them belong to records compaction removed, nothing to apply."""

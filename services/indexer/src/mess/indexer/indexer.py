@@ -580,8 +580,14 @@ class Indexer:
             log.error("publishing a snapshot failed; retrying in %.0fs", self.settings.retry_s, exc_info=error)
 
     async def _check_latest(self) -> None:
-        """Adopt a snapshot another writer (a rebuild) published."""
+        """Adopt a snapshot another writer (a rebuild) published; rewind logs the broker lost."""
         self._next_latest_check = time.monotonic() + self.settings.latest_check_s
+        try:
+            rewound = await self.feed.rewind_lost_logs()
+        except KafkaError as exc:
+            log.warning("could not read the end offsets: %s", exc)
+        else:
+            self.metrics.logs_rewound.inc(len(rewound))
         try:
             latest = await asyncio.to_thread(self.store.read_latest)
         except (BotoCoreError, ClientError) as exc:

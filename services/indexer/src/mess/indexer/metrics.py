@@ -65,3 +65,8 @@ class IndexerMetrics:
         self.adoptions = Counter(
             "mess_indexer_adopted_snapshots", "Snapshots published by another writer and loaded", registry=r
         )
+        self.logs_rewound = Counter(
+            "mess_indexer_logs_rewound",
+            "partitions read again from their start because the log ended before our position (broker data lost)",
+            registry=r,
+        )
