@@ -12,7 +12,7 @@ import pytest
 
 from mess.dev.faults import Plan, run_suite
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_every_accepted_track_is_indexed_once_through_kills_and_outages(
@@ -23,7 +23,7 @@ def test_every_accepted_track_is_indexed_once_through_kills_and_outages(
         kills_per_service=1,
         outage_s=8.0,
         feed_s=45.0,
-        settle_s=420.0,
+        settle_s=300.0,
         corpus_dir=tmp_path_factory.getbasetemp() / "fault-corpus",
     )
     report = run_suite(plan, tmp_path / "logs")
