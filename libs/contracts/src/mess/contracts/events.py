@@ -19,6 +19,15 @@ Sha256Hex = str  # documented by the pattern on each field that carries one
 _SHA256 = r"^[0-9a-f]{64}$"
 
 
+# No event of ours comes near this (a 1024-d vector is 5.5 kB, a dead letter at most ~300 kB): a bigger
+# message is poison, refused before parsing rather than held in memory as a model.
+MAX_EVENT_BYTES = 1024**2
+
+
+class OversizedEventError(ValueError):
+    """A message too large to be one of our events."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -42,6 +51,11 @@ class Event(BaseModel):
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> Self:
+        """The event in ``raw``; ValueError (a pydantic ValidationError, or OversizedEventError) when it is not one."""
+        if len(raw) > MAX_EVENT_BYTES:
+            raise OversizedEventError(
+                f"{cls.event_type} of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES} bytes any event may have"
+            )
         return cls.model_validate_json(raw)
 
 

@@ -99,6 +99,10 @@ class AudioStore:
         """The audio object's bytes. Raises AudioRejectedError for permanent problems,
         RetriesExhaustedError when retries ran out."""
         bucket, key = split_s3_uri(audio_uri)
+        if bucket != self.bucket:
+            # Ingest keeps every track's audio in our bucket; an event pointing elsewhere would make the
+            # embedder read (and publish the peaks of) objects it has no business with.
+            raise AudioRejectedError("foreign_uri", f"{audio_uri} is not in the bucket {self.bucket}")
 
         async def read() -> bytes:
             response = await self.client.get_object(Bucket=bucket, Key=key)

@@ -6,6 +6,7 @@ found by looking at every sample. Decoding runs block by block from a file
 object, so a long track never sits in memory as one array.
 """
 
+import re
 from dataclasses import dataclass
 from typing import IO
 
@@ -71,6 +72,9 @@ def inspect_audio(source: IO[bytes], limits: AudioLimits) -> AudioFacts:
             raise UnacceptableAudioError(
                 "corrupt", f"the header declares {audio.samplerate} Hz and {audio.channels} channels"
             )
+        truncated = _truncation(audio)
+        if truncated is not None:
+            raise UnacceptableAudioError("corrupt", truncated)
         # Refuse an overlong file from its header before spending minutes decoding it.
         declared_s = audio.frames / audio.samplerate if audio.frames > 0 else 0.0
         if declared_s > limits.max_duration_s:
@@ -118,6 +122,26 @@ def _decode(audio: sf.SoundFile, limits: AudioLimits) -> tuple[int, float]:
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise UnacceptableAudioError("corrupt", f"decoding failed after {frames} frames: {_reason(exc)}") from exc
     return frames, peak
+
+
+# libsndfile's log of a WAV-family header: "data : <declared> (should be <what the file holds>)".
+_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# What streaming writers put in a data chunk size they could not know: not a claim about the length.
+_UNKNOWN_DATA_SIZES = frozenset({0, 0xFFFFFFFF, 0x7FFFFFFF})
+
+
+def _truncation(audio: sf.SoundFile) -> str | None:
+    """Why a WAV-family file is cut short, or None. libsndfile quietly plays what is there, so a WAV
+    whose upload broke off would pass as a shorter track; its header still says how long it should be."""
+    if audio.format not in ("WAV", "WAVEX", "RF64"):
+        return None
+    found = _DATA_CHUNK.search(audio.extra_info)
+    if found is None:
+        return None
+    declared, held = int(found.group(1)), int(found.group(2))
+    if declared in _UNKNOWN_DATA_SIZES or declared <= held:
+        return None
+    return f"the file is truncated: its header declares {declared} bytes of audio, it holds {held}"
 
 
 def _too_long(duration_s: float, limits: AudioLimits) -> UnacceptableAudioError:

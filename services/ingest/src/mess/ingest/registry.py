@@ -316,7 +316,8 @@ class TrackRegistry:
                 "WHERE id = $1 AND status IN ('registered', 'embedded')",
                 track_id,
                 stage,
-                reason[:4000],
+                # Postgres text cannot hold NUL; a reason is for people, so it is dropped rather than refused.
+                reason.replace("\x00", "")[:4000],
             )
         return result.endswith(" 1")
 

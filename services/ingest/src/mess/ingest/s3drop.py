@@ -46,6 +46,7 @@ from mess.contracts.ids import is_track_id
 from mess.contracts.storage import audio_key
 from mess.ingest import metrics
 from mess.ingest.audio import AudioLimits, UnacceptableAudioError, inspect_audio
+from mess.ingest.metadata import control_character_problem
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.registry import DropSource, RejectedContent, StoredAudio, TrackCandidate
 from mess.ingest.store import is_missing
@@ -118,6 +119,9 @@ def identity_of(key: str, prefix: str, user_metadata: dict[str, str]) -> DropIde
         metadata = guess_metadata(key, prefix)
     if len(dataset) > 64:
         raise DropMetadataError("bad_metadata", f"{META_DATASET} is longer than 64 characters")
+    problem = control_character_problem(metadata)
+    if problem is not None:
+        raise DropMetadataError("bad_metadata", problem)
     return DropIdentity(dataset=dataset or DROP_DATASET, track_id=track_id, metadata=metadata)
 
 

@@ -39,6 +39,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from mess.contracts.events import SnapshotPublished, TrackEmbedded, TrackFailed
+from mess.contracts.ids import is_track_id
 from mess.contracts.storage import SnapshotManifest, split_s3_uri
 from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
@@ -91,6 +92,10 @@ class SnapshotMembership:
 
     async def _read(self, uri: str, what: str) -> bytes:
         bucket, key = split_s3_uri(uri)
+        if bucket != self.store.bucket:
+            # Snapshots live in our bucket; reading wherever an event points would let any producer make
+            # this service fetch (and time out on) objects it has no business with.
+            raise SnapshotUnreadableError(f"the {what} {uri} is not in the bucket {self.store.bucket}")
         try:
             answer = await self.store.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
@@ -219,6 +224,10 @@ class TrackStatusFollower:
             return "embedded", embed
         if topic == self.topics.tracks_failed:
             failed = TrackFailed.from_bytes(raw)
+            if failed.track_id is not None and not is_track_id(failed.track_id):
+                # Our dead letters carry a valid id or none (mess.runtime.deadletter makes sure); anything
+                # else did not come from a stage of the pipeline.
+                raise ValueError(f"TrackFailed names {failed.track_id[:200]!r}, which is not a track id")
 
             async def fail() -> str:
                 if failed.track_id is None:

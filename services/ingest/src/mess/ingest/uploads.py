@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from mess.contracts.events import TrackMetadata
 from mess.ingest import metrics
 from mess.ingest.audio import AudioLimits, UnacceptableAudioError, inspect_audio
+from mess.ingest.metadata import control_character_problem
 from mess.ingest.registry import Registration, StoredAudio, TrackCandidate
 
 if TYPE_CHECKING:
@@ -188,10 +189,17 @@ def metadata_from_form(fields: dict[str, list[str]], filename: str | None, max_c
         if stem:
             values["title"] = stem[:max_chars]
     try:
-        return TrackMetadata.model_validate(values)
+        metadata = TrackMetadata.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise UploadError(422, "bad_metadata", problems) from exc
+    # Checked here, before the audio is kept: a title from a file name with a NUL byte would otherwise
+    # fail the insert after the object was stored, leaving it behind with a 503 as the answer.
+    problem = control_character_problem(metadata)
+    if problem is not None:
+        source = " (the title comes from the file name)" if "title" not in fields and filename else ""
+        raise UploadError(422, "bad_metadata", problem + source)
+    return metadata
 
 
 class UploadIntake:

@@ -56,10 +56,21 @@ _LETTERS_STOP_S = 5.0
 
 
 @dataclass(frozen=True)
+class EventOrigin:
+    """Where an announcing SnapshotPublished came from, for its dead letter if the snapshot is refused."""
+
+    raw: bytes | None
+    key: bytes | None
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class Announcement:
     version: str
     manifest_uri: str
     source: str  # "event", "latest" or "start"
+    origins: tuple[EventOrigin, ...] = ()  # every event that announced this version while it waited
 
 
 class SnapshotFollower:
@@ -107,38 +118,64 @@ class SnapshotFollower:
 
     # --- announcements -------------------------------------------------------
 
-    def announce(self, version: str, manifest_uri: str, source: str) -> None:
+    def announce(self, version: str, manifest_uri: str, source: str, origin: EventOrigin | None = None) -> None:
         current = self._current
         if current is not None and version_order(version) <= version_order(current.version):
             return
         if version in self.refused:
+            if origin is not None:
+                self._dead_letter(origin, "bad_snapshot", f"snapshot {version} was refused: {self.refused[version]}")
             return
-        if self._wanted is None or version_order(version) > version_order(self._wanted.version):
-            self._wanted = Announcement(version, manifest_uri, source)
+        origins = (origin,) if origin is not None else ()
+        wanted = self._wanted
+        if wanted is not None and wanted.version == version:
+            # Announced again before its load began: each announcing event gets the outcome.
+            self._wanted = Announcement(version, wanted.manifest_uri, wanted.source, wanted.origins + origins)
+        elif wanted is None or version_order(version) > version_order(wanted.version):
+            self._wanted = Announcement(version, manifest_uri, source, origins)
             self._wake.set()
 
     def _announce_event(self, raw: bytes | None, key: bytes | None, partition: int, offset: int) -> None:
+        origin = EventOrigin(raw, key, partition, offset)
         try:
+            # ValueError too: an oversized message is refused before pydantic sees it.
             event = SnapshotPublished.from_bytes(raw or b"")
-        except ValidationError as exc:
+        except (ValidationError, ValueError) as exc:
             self._metrics.snapshot_events_bad.inc()
             log.error("malformed SnapshotPublished at partition %d offset %d: %s", partition, offset, exc)
-            if self._dead_letters is not None:
-                letter = dead_letter(
-                    stage="query",
-                    error_kind="malformed_event",
-                    error=f"SnapshotPublished does not validate: {exc}",
-                    raw=raw,
-                    key=key,
-                    topic=self._settings.stack.topics.index_snapshots,
-                    partition=partition,
-                    offset=offset,
-                )
-                task: asyncio.Task[None] = asyncio.ensure_future(self._dead_letters(letter))
-                self._letters.append(task)
-                task.add_done_callback(self._forget_letter)
+            self._dead_letter(origin, "malformed_event", f"SnapshotPublished does not validate: {exc}")
             return
-        self.announce(event.version, event.manifest_uri, "event")
+        bucket, _ = split_s3_uri(event.manifest_uri)
+        if bucket != self._store.bucket:
+            # Snapshots live in our bucket; following an event anywhere else would let any producer make
+            # every replica fetch objects it has no business with.
+            self._metrics.snapshot_events_bad.inc()
+            log.error(
+                "SnapshotPublished %s points outside %s: %s", event.version, self._store.bucket, event.manifest_uri
+            )
+            self._dead_letter(
+                origin, "bad_snapshot", f"the manifest {event.manifest_uri} is not in the bucket {self._store.bucket}"
+            )
+            return
+        self.announce(event.version, event.manifest_uri, "event", origin)
+
+    def _dead_letter(self, origin: EventOrigin, kind: str, error: str) -> None:
+        """Send the dead letter in the background: the event loop of the follower must not wait on the broker."""
+        if self._dead_letters is None:
+            return
+        letter = dead_letter(
+            stage="query",
+            error_kind=kind,
+            error=error,
+            raw=origin.raw,
+            key=origin.key,
+            topic=self._settings.stack.topics.index_snapshots,
+            partition=origin.partition,
+            offset=origin.offset,
+        )
+        task: asyncio.Task[None] = asyncio.ensure_future(self._dead_letters(letter))
+        self._letters.append(task)
+        task.add_done_callback(self._forget_letter)
 
     def _forget_letter(self, task: asyncio.Task[None]) -> None:
         if task in self._letters:
@@ -255,6 +292,9 @@ class SnapshotFollower:
                 exc.detail,
                 current.version if current else "nothing",
             )
+            # A refusal is final (never retried), so the events that announced it are poison.
+            for origin in target.origins:
+                self._dead_letter(origin, "bad_snapshot", f"snapshot {target.version} refused: {exc}")
             return
         except SnapshotUnavailableError as exc:
             self._metrics.snapshot_load_errors.inc()

@@ -12,7 +12,12 @@ router = APIRouter(prefix="/drops", tags=["s3 auto-ingest"])
 
 @router.get("", response_model=DropObjectState, summary="The state of one dropped object")
 async def drop_state(
-    key: Annotated[str, Query(min_length=1, max_length=1024, description="the object key, e.g. drop/x.wav")],
+    key: Annotated[
+        str,
+        # No NUL: no key holding one was ever recorded (Postgres text cannot store it), and asking for one
+        # would fail the query itself, which is not an outage but a question without an answer.
+        Query(min_length=1, max_length=1024, pattern=r"^[^\x00]+$", description="the object key, e.g. drop/x.wav"),
+    ],
     resources: Resources,
 ) -> DropObjectState:
     """``ingested`` (with its track id), ``rejected`` (with the reason) or ``unknown`` (not handled yet)."""

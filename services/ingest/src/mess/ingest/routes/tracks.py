@@ -37,6 +37,23 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class Message(BaseModel):
+    """FastAPI's own error body: a sentence in ``detail``."""
+
+    detail: str
+
+
+_NO_TRACK: dict[int | str, dict[str, Any]] = {404: {"model": Message, "description": "no such track"}}
+_NO_KEY: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "no or wrong X-API-Key"},
+    429: {
+        "model": Message,
+        "description": "the key's write rate is spent",
+        "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait"}},
+    },
+}
+
+
 _UPLOAD_FORM: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -67,7 +84,7 @@ _UPLOAD_FORM: dict[str, Any] = {
     responses={
         200: {"model": UploadAnswer, "description": "the same content was uploaded before: its track"},
         400: {"model": ErrorBody},
-        401: {"description": "no or wrong X-API-Key"},
+        **_NO_KEY,
         413: {"model": ErrorBody},
         415: {"model": ErrorBody, "description": "not audio, corrupt, silent, too short or too long"},
         422: {"model": ErrorBody},
@@ -99,7 +116,13 @@ async def upload_track(request: Request, resources: Resources) -> JSONResponse:
     return JSONResponse(answer.model_dump(), status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
-@router.delete("/{track_id}", dependencies=[ApiKey], response_model=RemovalAnswer, summary="Remove a track")
+@router.delete(
+    "/{track_id}",
+    dependencies=[ApiKey],
+    response_model=RemovalAnswer,
+    responses={**_NO_KEY, **_NO_TRACK},
+    summary="Remove a track",
+)
 async def remove_track(track_id: TrackIdPath, resources: Resources) -> RemovalAnswer:
     """Marks the track removed and announces TrackRemoved; removing it again changes nothing."""
     removal = await resources.registry.remove(track_id, reason="removed through the API")
@@ -108,7 +131,9 @@ async def remove_track(track_id: TrackIdPath, resources: Resources) -> RemovalAn
     return RemovalAnswer(track_id=track_id, status="removed")
 
 
-@router.get("/{track_id}/status", response_model=TrackStatus, summary="Where a track is in the pipeline")
+@router.get(
+    "/{track_id}/status", response_model=TrackStatus, responses=_NO_TRACK, summary="Where a track is in the pipeline"
+)
 async def track_status(track_id: TrackIdPath, resources: Resources) -> TrackStatus:
     found = await resources.registry.status(track_id)
     if found is None:

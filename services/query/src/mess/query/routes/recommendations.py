@@ -63,7 +63,16 @@ async def recommend(
     )
 
 
-@router.post("/recommend/batch", response_model=BatchResponse, responses={422: _ERRORS[422], 503: _ERRORS[503]})
+@router.post(
+    "/recommend/batch",
+    response_model=BatchResponse,
+    responses={
+        # FastAPI's answer to a body that is not even text (not UTF-8); malformed JSON text is a 422.
+        400: {"description": "the body cannot be read as text"},
+        422: _ERRORS[422],
+        503: _ERRORS[503],
+    },
+)
 async def recommend_batch(resources: ResourcesDep, batch: BatchRequest) -> Response:
     """Recommendations for up to 100 tracks at once; each item carries its own status code."""
     started = time.perf_counter()

@@ -13,16 +13,21 @@ from mess.query.recommender import TrackNotFoundError
 router = APIRouter(tags=["tracks"])
 
 TrackIdPath = Annotated[str, Path(pattern=TRACK_ID_PATTERN, description="a track id")]
+# Free text without NUL: Postgres text cannot hold it, so the query would fail (a 500) instead of matching nothing.
+NO_NUL = r"^[^\x00]*$"
 
 
 @router.get("/tracks", response_model=TrackList)
 async def list_tracks(
     resources: ResourcesDep,
-    composer: Annotated[str | None, Query(max_length=200, description="exact composer, any case")] = None,
-    dataset: Annotated[str | None, Query(max_length=200)] = None,
-    era: Annotated[str | None, Query(max_length=200, description="exact era, any case")] = None,
+    composer: Annotated[
+        str | None, Query(max_length=200, pattern=NO_NUL, description="exact composer, any case")
+    ] = None,
+    dataset: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    era: Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="exact era, any case")] = None,
     text: Annotated[
-        str | None, Query(min_length=1, max_length=200, description="substring of title, composer, work, tags ...")
+        str | None,
+        Query(min_length=1, max_length=200, pattern=NO_NUL, description="substring of title, composer, work, tags ..."),
     ] = None,
     status: Annotated[
         str | None,
