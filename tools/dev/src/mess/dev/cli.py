@@ -102,6 +102,17 @@ def cmd_keys_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bad_input(args: argparse.Namespace) -> int:
+    # Imported here: schemathesis and hypothesis load slowly and only this command needs them.
+    from mess.dev import bad_input
+
+    results = Path(args.results) if args.results else repo_root() / bad_input.RESULTS_PATH
+    report = bad_input.run_bad_input(args.examples, args.budget_s, results)
+    print(bad_input.render(report))
+    print(f"\nwritten to {results}")
+    return 0 if report.summary()["wrong_answers"] == 0 and report.summary()["server_errors_5xx"] == 0 else 1
+
+
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     for path in export_schemas(schema_dir(args)):
         print(path)
@@ -149,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     hash_key = keys.add_parser("hash", help="the label:sha256 entry of a key read from stdin")
     hash_key.add_argument("label")
     hash_key.set_defaults(run=cmd_keys_hash)
+    bad = commands.add_parser(
+        "bad-input", help="fuzz the APIs, send bad uploads, hostile ids and poison events; print how each was answered"
+    )
+    bad.add_argument("--examples", type=int, default=100, help="fuzz cases per operation and mode (positive, negative)")
+    bad.add_argument("--budget-s", type=float, default=900.0, help="fuzzing stops at half of this; the rest is bounded")
+    bad.add_argument("--results", help="JSON output (default bench/results/bad_input.json)")
+    bad.set_defaults(run=cmd_bad_input)
     schemas = commands.add_parser("schemas", help="event JSON Schemas").add_subparsers(dest="action", required=True)
     for name, run in (("export", cmd_schemas_export), ("check", cmd_schemas_check)):
         sub = schemas.add_parser(name)
