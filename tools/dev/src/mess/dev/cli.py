@@ -1,8 +1,10 @@
 """``mess-dev``: the developer's entry point (``make up`` and friends call it)."""
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -113,6 +115,28 @@ def cmd_bad_input(args: argparse.Namespace) -> int:
     return 0 if report.summary()["wrong_answers"] == 0 and report.summary()["server_errors_5xx"] == 0 else 1
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    # Imported here: the suite pulls in the corpus renderer, which the other commands do not need.
+    from mess.dev.faults import Plan, run_suite
+
+    plan = Plan(
+        tracks=args.tracks,
+        kills_per_service=args.kills_per_service,
+        outage_s=args.outage_s,
+        feed_s=args.feed_s,
+        settle_s=args.settle_s,
+        seed=args.seed,
+    )
+    logs = state_dir() / "faults" / "logs"
+    shutil.rmtree(logs, ignore_errors=True)  # this run's logs only
+    print(f"service and backing logs: {logs}")
+    report = run_suite(plan, logs)
+    print("\n".join(report.lines()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    return 0 if report.ok and not report.reads.failures else 1
+
+
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     for path in export_schemas(schema_dir(args)):
         print(path)
@@ -153,6 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--max-seconds", type=float, default=30.0)
     run_demo.add_argument("--timeout", type=float, default=1800.0)
     run_demo.set_defaults(run=cmd_demo)
+    faults = commands.add_parser(
+        "faults", help="ingest a corpus while killing services, the broker, Redis, Postgres and S3; print the verdict"
+    )
+    faults.add_argument("--tracks", type=int, default=200)
+    faults.add_argument("--kills-per-service", type=int, default=3)
+    faults.add_argument("--outage-s", type=float, default=12.0, help="how long Redis and S3 stay down")
+    faults.add_argument("--feed-s", type=float, default=150.0, help="the window the faults are spread over")
+    faults.add_argument("--settle-s", type=float, default=600.0, help="longest wait for the system to heal")
+    faults.add_argument("--seed", type=int, default=7)
+    faults.add_argument("--json", default="", help="also write the report here (bench/results/faults.json)")
+    faults.set_defaults(run=cmd_faults)
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     new_key = keys.add_parser("new", help="mint a key: the key once on stderr, its label:sha256 entry on stdout")
     new_key.add_argument("label", help="names the key in logs, e.g. ci-uploader-2025-06")
