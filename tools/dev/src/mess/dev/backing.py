@@ -139,12 +139,12 @@ class FlakyS3:
                 finally:
                     connection.close()
 
-            def _serve(self) -> None:
-                # A client that gave up (a killed service, a timeout) is not the proxy's problem.
+            def handle(self) -> None:
+                # A client that went away (a killed service, a timeout) is not the proxy's problem.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self._pass_through()
+                    super().handle()
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve  # noqa: N815
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _pass_through  # noqa: N815
 
         return Proxy
 
