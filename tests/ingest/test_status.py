@@ -17,7 +17,15 @@ from mess.contracts.events import (
     TrackEmbedded,
     TrackFailed,
 )
-from mess.contracts.storage import ShardManifest, SnapshotManifest, StoredFile, manifest_key, snapshot_dir
+from mess.contracts.storage import (
+    LATEST_KEY,
+    ShardManifest,
+    SnapshotManifest,
+    StoredFile,
+    manifest_key,
+    snapshot_dir,
+)
+from mess.ingest import metrics
 from mess.runtime.endpoints import StackSettings
 
 from .service_harness import RunningIngest, ingest_settings, read_topic, running_ingest, tone, wait_until
@@ -162,3 +170,37 @@ async def test_poison_messages_are_dead_lettered_and_do_not_block(stack: StackSe
 async def _has_status(service: RunningIngest, track_id: str, wanted: str) -> dict[str, Any] | None:
     status = await status_of(service, track_id)
     return status if status["status"] == wanted else None
+
+
+async def test_a_snapshot_read_after_retention_removed_it_is_skipped_not_dead_lettered(stack: StackSettings) -> None:
+    superseded = metrics.STATUS_EVENTS.labels("snapshot", "superseded")
+    before = superseded._value.get()
+    async with running_ingest(ingest_settings(stack, status_enabled=True)) as service:
+        track_id, sha256 = await upload(service, 260.0)
+        put_snapshot(stack, "000000000005", [track_id])
+        kwargs: dict[str, Any] = stack.s3_client_kwargs()
+        boto3.client("s3", **kwargs).put_object(Bucket=stack.bucket, Key=LATEST_KEY, Body=b"000000000005\n")
+
+        def gone(version: str) -> SnapshotPublished:
+            return SnapshotPublished(
+                version=version,
+                manifest_uri=f"s3://{stack.bucket}/{manifest_key(version)}",
+                counts=SnapshotCounts(vectors=1, shards=1),
+                model=MODEL,
+            )
+
+        # 3 is older than LATEST: retention removed it, nothing to report. 9 is newer and
+        # missing: that is a broken snapshot, and a dead letter says so.
+        await publish(stack, stack.topics.index_snapshots, gone("000000000003"), gone("000000000009"), partition=0)
+        await publish(stack, stack.topics.tracks_embedded, embedded(track_id, sha256))
+        await wait_until(lambda: _has_status(service, track_id, "embedded"), "blocked behind the missing snapshots")
+        await wait_until(lambda: _changed(superseded, before), "the superseded snapshot skipped")
+
+    letters = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_failed, at_least=1)
+    failed = [TrackFailed.from_bytes(r.value) for r in letters]
+    assert [(f.error_kind, f.source_offset) for f in failed] == [("bad_snapshot", 1)]
+    assert "000000000009" in failed[0].error
+
+
+async def _changed(counter: Any, before: float) -> bool:
+    return bool(counter._value.get() > before)

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from mess.contracts.events import SnapshotPublished, TrackEmbedded, TrackFailed
 from mess.contracts.ids import is_track_id
-from mess.contracts.storage import SnapshotManifest, split_s3_uri
+from mess.contracts.storage import LATEST_KEY, SnapshotManifest, split_s3_uri
 from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.store import is_missing
@@ -60,6 +60,10 @@ _STOP_AFTER_FAILED_START_S = 10.0
 
 class SnapshotUnreadableError(Exception):
     """A snapshot's manifest or id files are missing or corrupt: retrying will not help."""
+
+
+class SnapshotGoneError(SnapshotUnreadableError):
+    """The manifest is not in the bucket (any more)."""
 
 
 class SnapshotMembership:
@@ -90,6 +94,17 @@ class SnapshotMembership:
         log.info("snapshot %s: %d track(s) newly indexed", version, changed)
         return changed
 
+    async def superseded(self, version: str) -> bool:
+        """Whether ``LATEST`` has moved past ``version`` (whose files retention may then have removed)."""
+        try:
+            latest = (await self.store.read_bytes(LATEST_KEY)).decode("utf-8").strip()
+        except ClientError as exc:
+            if is_missing(exc):
+                return False
+            raise
+        # Versions are zero-padded counters: text order is their order.
+        return bool(latest) and latest > version
+
     async def _read(self, uri: str, what: str) -> bytes:
         bucket, key = split_s3_uri(uri)
         if bucket != self.store.bucket:
@@ -100,7 +115,7 @@ class SnapshotMembership:
             answer = await self.store.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if is_missing(exc):
-                raise SnapshotUnreadableError(f"the {what} {uri} does not exist") from exc
+                raise SnapshotGoneError(f"the {what} {uri} does not exist") from exc
             raise
         async with answer["Body"] as body:
             return await body.read()
@@ -242,7 +257,15 @@ class TrackStatusFollower:
             snapshot = SnapshotPublished.from_bytes(raw)
 
             async def index() -> str:
-                changed = await self.membership.apply(snapshot.version, snapshot.manifest_uri)
+                try:
+                    changed = await self.membership.apply(snapshot.version, snapshot.manifest_uri)
+                except SnapshotGoneError:
+                    # Read late (a lagging or restarted consumer): the indexer has published newer
+                    # snapshots since and its retention removed this one. The newer ones hold the
+                    # same tracks and their events follow, so there is nothing to dead-letter.
+                    if await self.membership.superseded(snapshot.version):
+                        return "superseded"
+                    raise
                 return "applied" if changed else "unchanged"
 
             return "snapshot", index
