@@ -56,3 +56,17 @@ def test_duration_limits() -> None:
 
 def test_other_sound_formats_are_refused_by_name() -> None:
     assert _rejection(tone(fmt="AIFF", subtype="PCM_16")) == "unsupported_format"
+
+
+def test_truncated_wav_is_corrupt() -> None:
+    # libsndfile plays the part that is there; the header still says how much should be.
+    audio = tone(seconds=3.0)
+    assert _rejection(audio[: len(audio) // 3]) == "corrupt"
+
+
+def test_wav_written_by_a_stream_with_an_unknown_length_is_accepted() -> None:
+    # A streaming writer (ffmpeg to a pipe) cannot know the length and leaves 0xFFFFFFFF: no truncation claim.
+    audio = bytearray(tone(seconds=2.0))
+    data = audio.index(b"data")
+    audio[data + 4 : data + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    assert inspect_audio(io.BytesIO(bytes(audio)), LIMITS).duration_s == pytest.approx(2.0)

@@ -1167,6 +1167,7 @@ def fuzz(
     headers). Failures are collected rather than raised, so one run counts them all."""
     import hypothesis
     import hypothesis.errors
+    import hypothesis.reporting
     import schemathesis
     from hypothesis import strategies as st
     from schemathesis.checks import not_a_server_error
@@ -1237,7 +1238,10 @@ def fuzz(
                     _record(report, seen, case, response, exc, base, headers)
 
             try:
-                run()
+                # Hypothesis reports a seed for every failure it raises; the only one that reaches here is
+                # Unsatisfiable, which needs no reproduction.
+                with hypothesis.reporting.with_reporter(lambda _: None):
+                    run()
             except hypothesis.errors.Unsatisfiable:
                 # Nothing to negate (an operation without parameters or body): no negative cases exist.
                 continue

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = commands.add_parser(
         "bad-input", help="fuzz the APIs, send bad uploads, hostile ids and poison events; print how each was answered"
     )
-    bad.add_argument("--examples", type=int, default=100, help="fuzz cases per operation and mode (positive, negative)")
+    bad.add_argument("--examples", type=int, default=500, help="fuzz cases per operation and mode (positive, negative)")
     bad.add_argument("--budget-s", type=float, default=900.0, help="fuzzing stops at half of this; the rest is bounded")
     bad.add_argument("--results", help="JSON output (default bench/results/bad_input.json)")
     bad.set_defaults(run=cmd_bad_input)
