@@ -20,9 +20,10 @@ import boto3
 import httpx
 import pytest
 
-from mess.contracts import TrackMetadata, track_id_from_parts
+from mess.contracts import track_id_from_parts
 from mess.contracts.storage import LATEST_KEY, SnapshotManifest, manifest_key
-from mess.corpus import Rendition, demo_renditions, render_to_file, work_info
+from mess.corpus import Rendition, demo_renditions, render_to_file
+from mess.dev.faults import rendition_metadata
 from mess.dev.pipeline import Pipeline
 from mess.dev.stack import wait_for
 from mess.runtime.endpoints import StackSettings
@@ -51,20 +52,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Rendition, Pa
     return list(zip(renditions, paths, strict=True))
 
 
-def _metadata(rendition: Rendition) -> TrackMetadata:
-    info = work_info(rendition.work)
-    return TrackMetadata(
-        title=f"{info.title} ({rendition.instrument})",
-        composer=info.composer,
-        composer_full=info.composer_full,
-        era=info.era,
-        form=info.form,
-        work=rendition.work,
-        instrument=rendition.instrument,
-        tags=["system-test"],
-    )
-
-
 @pytest.fixture
 def pipeline(stack: StackSettings, stack_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
     prefix = stack.topic_prefix
@@ -89,7 +76,7 @@ def pipeline(stack: StackSettings, stack_env: dict[str, str], tmp_path: Path) ->
 
 
 def _upload(ingest_url: str, rendition: Rendition, path: Path) -> str:
-    metadata = _metadata(rendition)
+    metadata = rendition_metadata(rendition, "system-test")
     fields = {k: str(v) for k, v in metadata.model_dump(exclude_none=True).items() if k != "tags"}
     fields["tags"] = ",".join(metadata.tags)
     with path.open("rb") as audio:
@@ -107,6 +94,7 @@ def _upload(ingest_url: str, rendition: Rendition, path: Path) -> str:
 def _drop(stack: StackSettings, rendition: Rendition, path: Path) -> str:
     relative = f"system/{path.name}"
     track_id = track_id_from_parts("system", relative)
+    metadata = rendition_metadata(rendition, "system-test")
     s3 = boto3.client("s3", **stack.s3_client_kwargs())  # type: ignore[call-overload]
     s3.upload_file(
         str(path),
@@ -116,7 +104,8 @@ def _drop(stack: StackSettings, rendition: Rendition, path: Path) -> str:
             "Metadata": {
                 "mess-dataset": "system",
                 "mess-track-id": track_id,
-                "mess-metadata": json.dumps(_metadata(rendition).model_dump(mode="json"), ensure_ascii=True),
+                # S3 user metadata is ASCII only.
+                "mess-metadata": json.dumps(metadata.model_dump(mode="json"), ensure_ascii=True),
             }
         },
     )

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -57,15 +57,19 @@ _UNAVAILABLE = (
 )
 
 
+# Called with (method, path) before a request goes on; may block (to hold it) and
+# answers True to refuse it with a 503 instead of passing it through.
+Intercept = Callable[[str, str], bool]
+
+
 @dataclass
-class FlakyS3:
-    """Passes every request through to ``upstream`` unless it is failing: then 503 to all."""
+class S3Proxy:
+    """An S3 endpoint that passes every request through to ``upstream`` (moto),
+    after asking ``intercept`` whether to hold or refuse it. Nothing else is
+    answered here: status, headers and body are the real endpoint's."""
 
     upstream: str
-    failing: threading.Event = field(default_factory=threading.Event)
-    refused: int = 0
-    passed: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    intercept: Intercept
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -74,15 +78,8 @@ class FlakyS3:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def _count(self, *, refused: bool) -> None:
-        with self._lock:
-            if refused:
-                self.refused += 1
-            else:
-                self.passed += 1
-
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        endpoint = self
+        intercept = self.intercept
         upstream = urlsplit(self.upstream)
 
         class Proxy(BaseHTTPRequestHandler):
@@ -98,7 +95,7 @@ class FlakyS3:
                         size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                         if size == 0:
                             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
+                                pass  # trailers
                             return b"".join(parts)
                         parts.append(self.rfile.read(size))
                         self.rfile.readline()
@@ -109,33 +106,28 @@ class FlakyS3:
                 for key, value in headers:
                     if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
+                if self.command == "HEAD":
+                    # A HEAD answer states the object's length, with no body to count.
+                    length = next((v for k, v in headers if k.lower() == "content-length"), "0")
+                    self.send_header("Content-Length", length)
+                else:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
 
             def _pass_through(self) -> None:
                 body = self._body()
-                if endpoint.failing.is_set():
-                    endpoint._count(refused=True)
+                if intercept(self.command, urlsplit(self.path).path):
                     self._answer(503, "Service Unavailable", [("Content-Type", "application/xml")], _UNAVAILABLE)
                     return
-                endpoint._count(refused=False)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
                 connection = http.client.HTTPConnection(upstream.hostname or "127.0.0.1", upstream.port, timeout=60)
                 try:
                     connection.request(self.command, self.path, body=body, headers=headers)
                     response = connection.getresponse()
-                    payload = response.read()
-                    if self.command == "HEAD":
-                        self.send_response(response.status, response.reason)
-                        for key, value in response.getheaders():
-                            if key.lower() not in _HOP_BY_HOP:
-                                self.send_header(key, value)
-                        self.end_headers()
-                    else:
-                        self._answer(response.status, response.reason, response.getheaders(), payload)
+                    self._answer(response.status, response.reason, response.getheaders(), response.read())
                 finally:
                     connection.close()
 
@@ -149,11 +141,11 @@ class FlakyS3:
         return Proxy
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["FlakyS3"]:
+    def running(self) -> Iterator["S3Proxy"]:
         server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         self._server = server
-        thread = threading.Thread(target=server.serve_forever, name="flaky-s3", daemon=True)
+        thread = threading.Thread(target=server.serve_forever, name="s3-proxy", daemon=True)
         thread.start()
         try:
             yield self
@@ -161,6 +153,39 @@ class FlakyS3:
             server.shutdown()
             server.server_close()
             thread.join(timeout=10)
+
+
+@dataclass
+class FlakyS3:
+    """Passes every request through to ``upstream`` unless it is failing: then 503 to all."""
+
+    upstream: str
+    failing: threading.Event = field(default_factory=threading.Event)
+    refused: int = 0
+    passed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _proxy: S3Proxy | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._proxy is not None, "not started"
+        return self._proxy.url
+
+    def _intercept(self, method: str, path: str) -> bool:
+        del method, path
+        refused = self.failing.is_set()
+        with self._lock:
+            if refused:
+                self.refused += 1
+            else:
+                self.passed += 1
+        return refused
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["FlakyS3"]:
+        with S3Proxy(self.upstream, self._intercept).running() as proxy:
+            self._proxy = proxy
+            yield self
 
 
 def _postgres_bin() -> Path:

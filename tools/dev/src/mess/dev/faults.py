@@ -174,16 +174,18 @@ def corpus(plan: Plan) -> list[tuple[Rendition, Path]]:
     return list(zip(renditions, paths, strict=True))
 
 
-def _metadata(rendition: Rendition) -> TrackMetadata:
+def rendition_metadata(rendition: Rendition, *tags: str) -> TrackMetadata:
+    """What a client would send with a rendition (the system test uses it too)."""
     info = work_info(rendition.work)
     return TrackMetadata(
         title=f"{info.title} ({rendition.instrument})",
         composer=info.composer,
+        composer_full=info.composer_full,
         era=info.era,
         form=info.form,
         work=rendition.work,
         instrument=rendition.instrument,
-        tags=["fault-suite"],
+        tags=list(tags),
     )
 
 
@@ -273,7 +275,7 @@ class Feeder:
         self.settings = settings
 
     def _upload(self, rendition: Rendition, path: Path) -> str:
-        metadata = _metadata(rendition)
+        metadata = rendition_metadata(rendition, "fault-suite")
         fields = {k: str(v) for k, v in metadata.model_dump(exclude_none=True).items() if k != "tags"}
         fields["tags"] = ",".join(metadata.tags)
         while True:
@@ -301,7 +303,7 @@ class Feeder:
     def _drop(self, rendition: Rendition, path: Path) -> str:
         relative = f"faults/{path.name}"
         track_id = track_id_from_parts("faults", relative)
-        metadata = json.dumps(_metadata(rendition).model_dump(mode="json"), ensure_ascii=True)
+        metadata = json.dumps(rendition_metadata(rendition, "fault-suite").model_dump(mode="json"), ensure_ascii=True)
         while True:
             try:
                 self.s3.upload_file(
