@@ -73,6 +73,11 @@ async def test_simulated_crash_at_publish_step_then_restart_holds_every_track_ex
             await send(embedded(track_id, seed))
         before = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 30, "30 tracks")
         assert before.version == "000000000002"
+        # LATEST is readable a moment before the publish that wrote it returns (and passes its
+        # after_pointer step): arming before then would crash snapshot 2 instead of 3.
+        await wait_until(
+            lambda: first.latest is not None and first.latest.version == before.version, "publish of 2 returned"
+        )
 
         crash.armed = True
         for n in range(5):  # replaced
