@@ -79,6 +79,7 @@ class Reads:
     answered: int = 0
     degraded: int = 0
     not_indexed_yet: int = 0
+    answered_from_older_snapshot: int = 0
     failed: int = 0
     failed_over: int = 0
     failures: list[str] = field(default_factory=list)
@@ -140,6 +141,8 @@ class Report:
             f"  reads answered             {self.reads.answered} ({self.reads.degraded} degraded, "
             f"{self.reads.failed_over} after failing over to the other replica)",
             f"  reads failed               {self.reads.failed}",
+            f"  409 from a replica behind  {self.reads.answered_from_older_snapshot} "
+            "(its snapshot predates the track's; the other replica had swapped already)",
             f"  reads of unindexed tracks  {self.reads.not_indexed_yet} (accepted, not served yet: 404/409/503)",
             f"  write attempts retried     {self.writes.retried} ({dict(self.writes.statuses)})",
             f"  S3 requests refused        {self.s3_requests_refused}",
@@ -352,7 +355,8 @@ class Reader:
         self.candidates = candidates
         self.reads = Reads()
         self.stop = threading.Event()
-        self.served: set[str] = set()
+        # track -> the first snapshot version it was served from
+        self.served: dict[str, str] = {}
         self.current_fault = "none"
         self._turn = 0
 
@@ -384,7 +388,11 @@ class Reader:
         if response is not None and response.status_code == 200:
             self.reads.answered += 1
             self.reads.degraded += bool(response.json().get("degraded"))
-            self.served.add(track_id)
+            self.served.setdefault(track_id, str(response.json()["snapshot_version"]))
+        elif response is not None and response.status_code == 409 and self._behind(track_id, response):
+            # The replicas swap snapshots independently: one may still serve the snapshot
+            # before the track's for a moment. Its answer is right for that snapshot.
+            self.reads.answered_from_older_snapshot += 1
         elif track_id not in self.served and (response is None or response.status_code in (404, 409, 503)):
             # Not indexed yet; with Postgres down the service cannot even tell
             # "unknown" from "not yet", and says 503: right, for such a track.
@@ -393,6 +401,12 @@ class Reader:
             self.reads.failed += 1
             status = "no answer" if response is None else str(response.status_code)
             self.reads.failures.append(f"{track_id}: {status} during {self.current_fault}")
+
+    def _behind(self, track_id: str, response: httpx.Response) -> bool:
+        first_served = self.served.get(track_id)
+        version = response.json().get("snapshot_version")
+        # Versions are zero-padded counters: text order is their order.
+        return first_served is not None and isinstance(version, str) and version < first_served
 
     def run(self) -> None:
         while not self.stop.is_set():
