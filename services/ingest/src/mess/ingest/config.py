@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mess.runtime.access import KeyConfigError, KeyEntry, digest_key, parse_entries, parse_origins, plaintext_entries
+from mess.runtime.access import KeyEntry, digest_key, parse_entries, parse_origins, plaintext_entries
 from mess.runtime.endpoints import StackSettings
 
 # The key `make up` works with out of the box. It is public (it is in the
@@ -166,11 +166,8 @@ class Settings(BaseSettings):
     @field_validator("api_key_hashes", "read_api_key_hashes")
     @classmethod
     def _digests(cls, value: str, info: ValidationInfo) -> str:
-        name = f"MESS_INGEST_{(info.field_name or '').upper()}"
-        try:
-            parse_entries(value, name)
-        except KeyConfigError as exc:
-            raise ValueError(str(exc)) from None
+        # KeyConfigError is a ValueError, so pydantic reports it as this setting's error.
+        parse_entries(value, f"MESS_INGEST_{(info.field_name or '').upper()}")
         return value
 
     @field_validator("cors_origins")

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mess.runtime.access import KeyConfigError, KeyEntry, parse_entries, parse_origins
+from mess.runtime.access import KeyEntry, parse_entries, parse_origins
 from mess.runtime.endpoints import StackSettings
 
 # A presigned URL works for anyone who holds it until it expires: keep that short.
@@ -107,10 +107,8 @@ class Settings(BaseSettings):
     @field_validator("read_api_key_hashes")
     @classmethod
     def _digests(cls, value: str, info: ValidationInfo) -> str:
-        try:
-            parse_entries(value, f"MESS_QUERY_{(info.field_name or '').upper()}")
-        except KeyConfigError as exc:
-            raise ValueError(str(exc)) from None
+        # KeyConfigError is a ValueError, so pydantic reports it as this setting's error.
+        parse_entries(value, f"MESS_QUERY_{(info.field_name or '').upper()}")
         return value
 
     @field_validator("cors_origins")
