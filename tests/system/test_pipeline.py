@@ -23,7 +23,7 @@ import pytest
 from mess.contracts import track_id_from_parts
 from mess.contracts.storage import LATEST_KEY, SnapshotManifest, manifest_key
 from mess.corpus import Rendition, demo_renditions, render_to_file
-from mess.dev.faults import rendition_metadata
+from mess.dev.faults import drop_user_metadata, rendition_metadata, upload_form
 from mess.dev.pipeline import Pipeline
 from mess.dev.stack import wait_for
 from mess.runtime.endpoints import StackSettings
@@ -76,9 +76,7 @@ def pipeline(stack: StackSettings, stack_env: dict[str, str], tmp_path: Path) ->
 
 
 def _upload(ingest_url: str, rendition: Rendition, path: Path) -> str:
-    metadata = rendition_metadata(rendition, "system-test")
-    fields = {k: str(v) for k, v in metadata.model_dump(exclude_none=True).items() if k != "tags"}
-    fields["tags"] = ",".join(metadata.tags)
+    fields = upload_form(rendition_metadata(rendition, "system-test"))
     with path.open("rb") as audio:
         response = httpx.post(
             f"{ingest_url}/tracks",
@@ -94,21 +92,9 @@ def _upload(ingest_url: str, rendition: Rendition, path: Path) -> str:
 def _drop(stack: StackSettings, rendition: Rendition, path: Path) -> str:
     relative = f"system/{path.name}"
     track_id = track_id_from_parts("system", relative)
-    metadata = rendition_metadata(rendition, "system-test")
+    metadata = drop_user_metadata("system", track_id, rendition_metadata(rendition, "system-test"))
     s3 = boto3.client("s3", **stack.s3_client_kwargs())  # type: ignore[call-overload]
-    s3.upload_file(
-        str(path),
-        stack.bucket,
-        f"{stack.drop_prefix}{relative}",
-        ExtraArgs={
-            "Metadata": {
-                "mess-dataset": "system",
-                "mess-track-id": track_id,
-                # S3 user metadata is ASCII only.
-                "mess-metadata": json.dumps(metadata.model_dump(mode="json"), ensure_ascii=True),
-            }
-        },
-    )
+    s3.upload_file(str(path), stack.bucket, f"{stack.drop_prefix}{relative}", ExtraArgs={"Metadata": metadata})
     return track_id
 
 

@@ -192,6 +192,20 @@ def rendition_metadata(rendition: Rendition, *tags: str) -> TrackMetadata:
     )
 
 
+def upload_form(metadata: TrackMetadata) -> dict[str, str]:
+    """The form fields of ``POST /tracks`` that carry ``metadata`` (tags comma-separated)."""
+    fields = {k: str(v) for k, v in metadata.model_dump(exclude_none=True).items() if k != "tags"}
+    fields["tags"] = ",".join(metadata.tags)
+    return fields
+
+
+def drop_user_metadata(dataset: str, track_id: str, metadata: TrackMetadata) -> dict[str, str]:
+    """The S3 user metadata a dataset importer puts on a dropped object."""
+    # S3 user metadata is ASCII only.
+    described = json.dumps(metadata.model_dump(mode="json"), ensure_ascii=True)
+    return {"mess-dataset": dataset, "mess-track-id": track_id, "mess-metadata": described}
+
+
 # --- the system under test ------------------------------------------------------
 
 
@@ -278,9 +292,7 @@ class Feeder:
         self.settings = settings
 
     def _upload(self, rendition: Rendition, path: Path) -> str:
-        metadata = rendition_metadata(rendition, "fault-suite")
-        fields = {k: str(v) for k, v in metadata.model_dump(exclude_none=True).items() if k != "tags"}
-        fields["tags"] = ",".join(metadata.tags)
+        fields = upload_form(rendition_metadata(rendition, "fault-suite"))
         while True:
             try:
                 with path.open("rb") as audio:
@@ -306,16 +318,14 @@ class Feeder:
     def _drop(self, rendition: Rendition, path: Path) -> str:
         relative = f"faults/{path.name}"
         track_id = track_id_from_parts("faults", relative)
-        metadata = json.dumps(rendition_metadata(rendition, "fault-suite").model_dump(mode="json"), ensure_ascii=True)
+        metadata = drop_user_metadata("faults", track_id, rendition_metadata(rendition, "fault-suite"))
         while True:
             try:
                 self.s3.upload_file(
                     str(path),
                     self.settings.bucket,
                     f"{self.settings.drop_prefix}{relative}",
-                    ExtraArgs={
-                        "Metadata": {"mess-dataset": "faults", "mess-track-id": track_id, "mess-metadata": metadata}
-                    },
+                    ExtraArgs={"Metadata": metadata},
                 )
                 return track_id
             except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
