@@ -16,15 +16,19 @@ DEMO_RENDITIONS ?= 3
 run: install up
 	$(BIN)/mess-dev demo --works $(DEMO_WORKS) --renditions $(DEMO_RENDITIONS)
 	@echo
-	@echo "mess is up:  API http://127.0.0.1:$${MESS_QUERY_PORT:-8000}   docs http://127.0.0.1:$${MESS_QUERY_PORT:-8000}/docs"
+	@echo "mess is up:  explorer http://127.0.0.1:$${MESS_QUERY_PORT:-8000}/   (open it in a browser)"
+	@echo "             API http://127.0.0.1:$${MESS_QUERY_PORT:-8000}   docs http://127.0.0.1:$${MESS_QUERY_PORT:-8000}/docs"
 	@echo "             ingest http://127.0.0.1:$${MESS_INGEST_PORT:-8001}   stop everything with: make down"
 
 install: system-packages $(STAMP)
 
-# Debian packages only where missing: fluidsynth renders the music21 demo and test corpus.
+# Debian packages only where missing: fluidsynth renders the music21 demo and test corpus;
+# chromium (with its driver) runs the explorer's browser tests.
 system-packages:
 	@missing=""; \
 	command -v fluidsynth >/dev/null || missing="$$missing fluidsynth"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	[ -e /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || missing="$$missing fluid-soundfont-gm"; \
 	command -v pg_ctlcluster >/dev/null || command -v postgres >/dev/null || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \

@@ -17,25 +17,37 @@ import asyncio
 import time
 import uuid
 
-from aiokafka import AIOKafkaProducer
 from indexer_workload import corpus, model, peak_rss_mb, private_s3, track_id
 
-from mess.contracts.events import TrackEmbedded
+from mess.contracts.events import TrackAdded, TrackEmbedded
+from mess.contracts.topics import REGISTRY_SEQUENCE_HEADER
 from mess.dev import stack as local
 from mess.indexer.config import Settings
 from mess.indexer.indexer import Indexer
+from mess.runtime import kafka
 from mess.runtime.endpoints import StackSettings
 
 
 async def produce(stack: StackSettings, count: int, dim: int) -> float:
     vectors, _ = corpus(count, dim, 0)
     identity = model(dim)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    producer = kafka.producer(stack, client_id="mess-bench", linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     started = time.perf_counter()
     try:
         sends = []
         for row in range(count):
+            # The indexer indexes only content the registry announced, so each
+            # embedding follows its TrackAdded, as from ingest's outbox relay.
+            added = TrackAdded(
+                track_id=track_id(row), sha256="0" * 64, audio_uri="s3://bench/audio.wav", dataset="bench"
+            )
+            sequence = [(REGISTRY_SEQUENCE_HEADER, str(row + 1).encode())]
+            sends.append(
+                await producer.send(
+                    stack.topics.tracks_added, added.to_bytes(), key=added.key().encode(), headers=sequence
+                )
+            )
             event = TrackEmbedded(track_id=track_id(row), sha256="0" * 64, model=identity, vector=vectors[row])
             sends.append(await producer.send(stack.topics.tracks_embedded, event.to_bytes(), key=event.key().encode()))
         await asyncio.gather(*sends)
@@ -86,7 +98,7 @@ def main() -> None:
             settings = Settings(
                 stack=stack,
                 group_id=f"{stack.topic_prefix}mess-indexer",
-                snapshot_every_changes=args.events,
+                snapshot_every_changes=2 * args.events,  # each vector and its TrackAdded
                 snapshot_interval_s=10**6,
             )
             consumed_s, snapshot_s, held = asyncio.run(consume(settings, args.events))

@@ -41,7 +41,7 @@ from indexer_workload import (
 )
 
 from mess.indexer.config import Settings
-from mess.indexer.indexer import build_options
+from mess.indexer.publisher import build_options
 from mess.indexer.shard_index import load_index
 from mess.indexer.sharding import shard_of
 from mess.indexer.snapshots import Checkpoint, publish_snapshot
@@ -80,7 +80,7 @@ def generate(
         start = stop
     state = TrackVectors(shards, ModelGuard(model(dim), None))
     for shard in range(shards):
-        state.load_shard(ShardContents(shard, ids[shard], matrices[shard], list(range(len(ids[shard]))), {}))
+        state.load_shard(ShardContents(shard, ids[shard], matrices[shard], {}))
     return state, unseen, matrices, ids
 
 

@@ -3,7 +3,7 @@
 The indexer's state is filled directly (no broker; bench/indexer_consume.py
 measures consumption), then one full snapshot is published to a private moto
 S3 server exactly as the live indexer publishes it: every shard built, tuned,
-serialised and uploaded with its ids, vectors and clock, then the manifest and
+serialised and uploaded with its ids, vectors and registry facts, then the manifest and
 LATEST. Then the snapshot is loaded back as a restarting indexer loads it,
 every checksum verified. Then one track changes and a second snapshot is
 published, which rebuilds and uploads that track's shard only.
@@ -25,7 +25,7 @@ import numpy as np
 from indexer_workload import Stopwatch, corpus, filled_store, model, peak_rss_mb, private_s3
 
 from mess.indexer.config import Settings
-from mess.indexer.indexer import build_options
+from mess.indexer.publisher import build_options
 from mess.indexer.snapshot_store import SnapshotStore
 from mess.indexer.snapshots import Checkpoint, PublishedSnapshot, load_snapshot, publish_snapshot
 from mess.indexer.track_vectors import ModelGuard, TrackVectors
@@ -71,7 +71,7 @@ def run(count: int, dim: int, settings: Settings) -> dict[str, object]:
         assert len(loaded) == count
         del loaded
 
-        state.apply_embedded("track-0000000", model(dim), np.ones(dim, dtype=np.float32), 10**12)
+        state.apply_embedded("track-0000000", model(dim), np.ones(dim, dtype=np.float32), "0" * 64)
         second = publish(store, state, settings, first)
         incremental_s = clock.lap()
     return {

@@ -98,7 +98,8 @@ def filled_store(vectors: Matrix, shards: int) -> TrackVectors:
     state = TrackVectors(shards, ModelGuard(None, None))
     identity = model(vectors.shape[1])
     for row in range(len(vectors)):
-        state.apply_embedded(track_id(row), identity, vectors[row], row)
+        state.apply_added(track_id(row), "0" * 64, row)
+        state.apply_embedded(track_id(row), identity, vectors[row], "0" * 64)
     return state
 
 

@@ -20,10 +20,10 @@ import time
 from typing import Any
 
 import boto3
-from aiokafka import AIOKafkaConsumer
 from ingest_stack import RESULTS, ingest_process, percentile, private_stack, tone_wav
 
 from mess.contracts.events import TrackAdded
+from mess.runtime import kafka
 from mess.runtime.endpoints import StackSettings
 
 
@@ -34,9 +34,10 @@ async def measure(settings: StackSettings, objects: int, rate: float, seconds: f
     put_at: dict[str, float] = {}
     received_at: dict[str, float] = {}
 
-    consumer = AIOKafkaConsumer(
+    consumer = kafka.consumer(
+        settings,
         settings.topics.tracks_added,
-        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="mess-bench",
         group_id=f"{settings.topic_prefix}bench",
         auto_offset_reset="earliest",
     )

@@ -49,6 +49,7 @@ from redis.asyncio import Redis
 from mess.contracts.events import ModelIdentity, SnapshotCounts, SnapshotPublished
 from mess.contracts.storage import LATEST_KEY, ShardManifest, SnapshotManifest, StoredFile, manifest_key
 from mess.dev import stack as local
+from mess.runtime import kafka
 from mess.runtime.endpoints import StackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,7 +348,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         done = asyncio.Event()
 
         async def swapper() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+            producer = kafka.producer(stack, client_id="mess-bench")
             await producer.start()
             try:
                 previous = first

@@ -7,9 +7,10 @@
 #   deploy/check.sh --only k8s      # or: compose, dockerfiles, settings
 #
 # 1. Dockerfiles: hadolint, and each copies and installs every workspace package it needs.
-# 2. Kubernetes: renders every overlay in deploy/k8s/overlays with kustomize and validates
-#    every object against the Kubernetes $MESS_K8S_VERSION JSON schemas (strict), KEDA's
-#    ScaledObject against deploy/schemas, and the rules in deploy/validate_manifests.py.
+# 2. Kubernetes: renders every overlay in deploy/k8s/overlays with kustomize (the eks one
+#    once per Kafka security mode, see KAFKA_MODES) and validates every object against the
+#    Kubernetes $MESS_K8S_VERSION JSON schemas (strict), the custom resources (KEDA,
+#    Prometheus operator) against deploy/schemas, and the rules in deploy/validate_manifests.py.
 # 3. Compose: `docker compose config` (or docker-compose v1 where the plugin is missing)
 #    with every required secret set, for the file alone and with each override in
 #    deploy/compose/ on top, each result against the compose-spec schema; then once
@@ -46,6 +47,23 @@ declare -A EXTERNAL_SECRETS=(
   [local]=""
   [eks]="mess-external-endpoints mess-ingest-api-keys"
 )
+# ConfigMaps each overlay references but that are created outside git.
+declare -A EXTERNAL_CONFIGMAPS=(
+  [local]=""
+  [eks]="mess-rds-ca"
+)
+# Overlays whose mess images must be pinned by digest.
+declare -A REQUIRE_DIGESTS=([eks]=1)
+# The eks overlay's Kafka security modes: the overlay names one component
+# (DEFAULT_KAFKA_MODE); each other mode is rendered from a copy of deploy/k8s
+# with exactly the documented one-line switch, plus the Secrets that mode
+# expects to be created outside git.
+DEFAULT_KAFKA_MODE=kafka-msk-iam
+declare -A KAFKA_MODES=(
+  [kafka-tls]=""
+  [kafka-scram]="mess-kafka-scram-ingest mess-kafka-scram-embedder mess-kafka-scram-indexer mess-kafka-scram-query mess-kafka-scram-topics"
+)
+
 # Variables docker-compose.yml must refuse to run without.
 REQUIRED_COMPOSE_VARS=(POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MESS_INGEST_API_KEY_HASHES)
 
@@ -138,19 +156,39 @@ if wants k8s || wants settings; then
   step "Kubernetes $K8S_VERSION: rendering with ${KUSTOMIZE[*]}"
   overlays=("$ROOT"/deploy/k8s/overlays/*/)
   [ -d "${overlays[0]}" ] || fail "no overlays under $ROOT/deploy/k8s/overlays"
-  for overlay in "${overlays[@]}"; do
-    name="$(basename "$overlay")"
-    rendered="$WORK/$name.yaml"
-    if ! "${KUSTOMIZE[@]}" "$overlay" > "$rendered" 2> "$WORK/$name.err"; then
-      cat "$WORK/$name.err" >&2
-      fail "overlay $name does not render"
-      continue
+  # render NAME DIR EXTRA_SECRETS: render one overlay directory and validate it as overlay NAME.
+  render() {
+    local label="$1" dir="$2" extra="$3" name rendered
+    name="${label%%+*}"
+    rendered="$WORK/$label.yaml"
+    if ! "${KUSTOMIZE[@]}" "$dir" > "$rendered" 2> "$WORK/$label.err"; then
+      cat "$WORK/$label.err" >&2
+      fail "overlay $label does not render"
+      return
     fi
     rendered_overlays+=("$rendered")
-    wants k8s || continue
-    args=(--kubernetes-version "$K8S_VERSION")
-    for secret in ${EXTERNAL_SECRETS[$name]-}; do args+=(--external-secret "$secret"); done
-    "$PY" "$HERE/validate_manifests.py" "${args[@]}" "$rendered" || fail "overlay $name is not valid"
+    wants k8s || return 0
+    local args=(--kubernetes-version "$K8S_VERSION")
+    for secret in ${EXTERNAL_SECRETS[$name]-} $extra; do args+=(--external-secret "$secret"); done
+    for config_map in ${EXTERNAL_CONFIGMAPS[$name]-}; do args+=(--external-configmap "$config_map"); done
+    [ -z "${REQUIRE_DIGESTS[$name]-}" ] || args+=(--require-image-digests)
+    "$PY" "$HERE/validate_manifests.py" "${args[@]}" "$rendered" || fail "overlay $label is not valid"
+  }
+  for overlay in "${overlays[@]}"; do
+    name="$(basename "$overlay")"
+    render "$name" "$overlay" ""
+    [ "$name" = eks ] || continue
+    for mode in "${!KAFKA_MODES[@]}"; do
+      copy="$WORK/k8s-$mode"
+      cp -r "$ROOT/deploy/k8s" "$copy"
+      kustomization="$copy/overlays/eks/kustomization.yaml"
+      if ! grep -q "components/$DEFAULT_KAFKA_MODE\$" "$kustomization"; then
+        fail "overlay eks does not name components/$DEFAULT_KAFKA_MODE: cannot switch it to $mode"
+        continue
+      fi
+      sed -i "s#components/$DEFAULT_KAFKA_MODE\$#components/$mode#" "$kustomization"
+      render "eks+$mode" "$copy/overlays/eks" "${KAFKA_MODES[$mode]}"
+    done
   done
 fi
 

@@ -11,15 +11,26 @@ ever added, so ignore what you do not know.
     python examples/analytics_consumer.py --bootstrap 127.0.0.1:9092 --from-beginning
 
 Use your own `--group` so your offsets are yours; Ctrl-C stops it cleanly.
+
+On a secured cluster, give the same settings any Kafka client takes, for
+example SASL/SCRAM over TLS (the password comes from the environment, never
+the command line):
+
+    KAFKA_SASL_PASSWORD=... python examples/analytics_consumer.py --bootstrap b-1.msk:9096 \
+        --security-protocol SASL_SSL --sasl-mechanism SCRAM-SHA-512 --sasl-username analytics \
+        --ca-file /etc/ssl/certs/ca-certificates.crt
 """
 
 import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import ssl
 import time
 from collections import Counter, deque
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
@@ -95,10 +106,25 @@ async def caught_up(consumer: AIOKafkaConsumer) -> bool:
     return True
 
 
+def security_options(args: argparse.Namespace) -> dict[str, Any]:
+    """aiokafka's TLS and SASL keyword arguments from the command line and KAFKA_SASL_PASSWORD."""
+    options: dict[str, Any] = {"security_protocol": args.security_protocol}
+    if args.security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = ssl.create_default_context(cafile=args.ca_file)
+    if args.security_protocol.startswith("SASL_"):
+        options.update(
+            sasl_mechanism=args.sasl_mechanism,
+            sasl_plain_username=args.sasl_username,
+            sasl_plain_password=os.environ.get("KAFKA_SASL_PASSWORD", ""),
+        )
+    return options
+
+
 async def run(args: argparse.Namespace) -> None:
     consumer = AIOKafkaConsumer(
         args.prefix + SERVED,
         args.prefix + ADDED,
+        **security_options(args),
         bootstrap_servers=args.bootstrap,
         group_id=args.group,
         auto_offset_reset="earliest" if args.from_beginning else "latest",
@@ -147,6 +173,14 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between reports")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--once", action="store_true", help="exit when caught up (for scripts and tests)")
+    parser.add_argument(
+        "--security-protocol", default="PLAINTEXT", choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+    )
+    parser.add_argument("--ca-file", help="PEM bundle of the cluster's CA (SSL, SASL_SSL)")
+    parser.add_argument(
+        "--sasl-mechanism", default="SCRAM-SHA-512", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+    )
+    parser.add_argument("--sasl-username")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(parser.parse_args()))
 

@@ -62,7 +62,7 @@ def backing() -> Iterator[StackSettings]:
         local.start_postgres()
 
     settings = settings.model_copy(update=updates)
-    local.wait_for(lambda: local.broker_answers(settings.kafka_bootstrap), "Kafka broker")
+    local.wait_for(lambda: local.broker_answers(settings), "Kafka broker")
     local.wait_for(lambda: local.port_open(*host_port(settings.redis_url, 6379)), "Redis")
     if settings.s3_endpoint_url:
         local.wait_for(lambda: local.port_open(*host_port(settings.s3_endpoint_url or "", 5000)), "S3 endpoint")

@@ -24,6 +24,7 @@ DIST_OF = {
     "python_multipart": "python-multipart",
     "aiobotocore": "aiobotocore",
     "types_aiobotocore_s3": "types-aiobotocore",
+    "aws_msk_iam_sasl_signer": "aws-msk-iam-sasl-signer-python",
 }
 # Imported only under `if TYPE_CHECKING:` or provided by a declared dependency.
 IMPLIED = {"starlette": "fastapi", "botocore": "boto3", "anyio": "fastapi", "typing_extensions": "pydantic"}

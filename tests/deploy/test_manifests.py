@@ -53,6 +53,21 @@ def test_the_real_tree_passes() -> None:
     for overlay in (ROOT / "deploy" / "k8s" / "overlays").iterdir():
         assert f"{overlay.name}.yaml: " in result.stdout and "objects valid for Kubernetes" in result.stdout
     assert "ScaledObject" in result.stdout and "HorizontalPodAutoscaler" in result.stdout
+    # The eks overlay in each Kafka security mode, with what the operator needs around it.
+    for mode in ("eks.yaml", "eks+kafka-tls.yaml", "eks+kafka-scram.yaml"):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{mode}: ") and "valid" in line)
+        for kind in (
+            "TriggerAuthentication",
+            "NetworkPolicy",
+            "Ingress",
+            "Namespace",
+            "Job",
+            "ServiceMonitor",
+            "PrometheusRule",
+        ):
+            assert kind in line, f"{mode} has no {kind}: {line}"
+        assert f"{mode}: settings load: embedder" in result.stdout
+    assert "docker-compose.yml+kafka-secured.yml: settings load: ingest" in result.stdout
     assert "without POSTGRES_PASSWORD: refused" in result.stdout
     assert "hadolint: 4 Dockerfile(s) clean" in result.stdout
     assert "docker-compose.yml: settings load: ingest" in result.stdout
@@ -156,6 +171,126 @@ BROKEN_CASES: dict[str, tuple[str, Breakage, str]] = {
             t / "deploy/compose/gpu.yml", "MESS_EMBEDDER_DEVICE: cuda", "MESS_EMBEDDER_DEVICES: cuda"
         ),
         "docker-compose.yml+gpu.yml: embedder: MESS_EMBEDDER_DEVICES is not a setting of embedder",
+    ),
+    "keda_uses_the_apache_kafka_spelling_of_msk_iam": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/kafka-msk-iam/kustomization.yaml", "- sasl=oauthbearer", "- sasl=aws_msk_iam"
+        ),
+        "sasl: aws_msk_iam is the apache-kafka scaler's spelling",
+    ),
+    "keda_without_tls_while_the_services_use_it": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/kafka-msk-iam/kustomization.yaml", "- tls=enable", "- tls=disable"
+        ),
+        "the services use SASL_SSL, but KEDA's trigger has no tls: enable",
+    ),
+    "keda_authentication_names_a_missing_secret": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/kafka-scram/triggerauthentication.yaml",
+            "name: mess-kafka-scram-embedder",
+            "name: mess-kafka-scram-embeder",
+        ),
+        "TriggerAuthentication/mess-kafka-scram: parameter username: Secret mess-kafka-scram-embeder is not defined",
+    ),
+    "trigger_authentication_unknown_field": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/kafka-msk-iam/triggerauthentication.yaml",
+            "    identityOwner: workload",
+            "    identityOwnr: workload",
+        ),
+        "schema (KEDA TriggerAuthentication): spec.podIdentity",
+    ),
+    "kafka_mode_switch_no_longer_possible": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/overlays/eks/kustomization.yaml", "  - ../../components/kafka-msk-iam\n", ""
+        ),
+        "overlay eks does not name components/kafka-msk-iam",
+    ),
+    "deployment_without_a_network_policy": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/network-policies/policies.yaml",
+            "  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: indexer\n",
+            "  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: indexr\n",
+        ),
+        "Deployment/indexer: no NetworkPolicy of its own selects its pods",
+    ),
+    "no_default_deny": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/network-policies/policies.yaml",
+            "policyTypes: [Ingress, Egress]\n---",
+            "policyTypes: [Ingress]\n---",
+        ),
+        "NetworkPolicies without a default deny",
+    ),
+    "ingress_routes_everything": (
+        "k8s",
+        lambda t: replace_once(t / "deploy/k8s/overlays/eks/ingress.yaml", "- path: /tracks", "- path: /"),
+        "Ingress/mess-api: path / (Prefix) exposes /metrics",
+    ),
+    "ingress_routes_the_docs": (
+        "k8s",
+        lambda t: replace_once(t / "deploy/k8s/overlays/eks/ingress.yaml", "- path: /waveform", "- path: /docs"),
+        "Ingress/mess-api: path /docs (Prefix) exposes /docs",
+    ),
+    "image_by_tag": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/overlays/eks/kustomization.yaml",
+            "digest: sha256:0000000000000000000000000000000000000000000000000000000000000004",
+            'newTag: "0.1.0"',
+        ),
+        "Deployment/query: container query: image 123456789012.dkr.ecr.us-east-1.amazonaws.com/mess-query:0.1.0 "
+        "is not pinned by digest",
+    ),
+    "kafka_password_in_a_variable": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/kafka-scram/kustomization.yaml",
+            "- MESS_KAFKA_SASL_PASSWORD_FILE=/etc/mess/kafka-scram/password",
+            "- MESS_KAFKA_SASL_PASSWORD=hunter2",
+        ),
+        "MESS_KAFKA_SASL_PASSWORD is a secret in a ConfigMap",
+    ),
+    "service_monitor_port_missing": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/monitoring/servicemonitor.yaml", "- port: http", "- port: metrics"
+        ),
+        "Service query has no port named metrics",
+    ),
+    "alert_rule_without_expr": (
+        "k8s",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/monitoring/alerts.yaml",
+            "expr: sum(mess_embedder_consumer_lag",
+            "exp: sum(mess_embedder_consumer_lag",
+        ),
+        "schema (Prometheus operator PrometheusRule): spec.groups.0.rules.0",
+    ),
+    "compose_kafka_security_setting_misspelt": (
+        "settings",
+        lambda t: replace_once(
+            t / "docker-compose.yml",
+            "MESS_KAFKA_SSL_CHECK_HOSTNAME: ${MESS_KAFKA_SSL_CHECK_HOSTNAME:-true}",
+            "MESS_KAFKA_SSL_CHECK_HOSTNAMES: ${MESS_KAFKA_SSL_CHECK_HOSTNAME:-true}",
+        ),
+        "MESS_KAFKA_SSL_CHECK_HOSTNAMES is not a setting of ingest",
+    ),
+    "scram_mode_without_a_password_file": (
+        "settings",
+        lambda t: replace_once(
+            t / "deploy/k8s/components/kafka-scram/kustomization.yaml",
+            "      - MESS_KAFKA_SASL_PASSWORD_FILE=/etc/mess/kafka-scram/password\n",
+            "",
+        ),
+        "SCRAM-SHA-512 needs MESS_KAFKA_SASL_PASSWORD(_FILE)",
     ),
     "dockerfile_forgets_a_lib": (
         "dockerfiles",

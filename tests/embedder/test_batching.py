@@ -132,3 +132,34 @@ async def test_event_loop_keeps_running_during_a_long_forward_with_fake_model() 
             await batcher.stop()
     # About 50 ticks fit in one second; a blocked loop would manage one or two.
     assert ticks >= 20
+
+
+async def test_clips_take_their_share_of_every_batch_and_tracks_keep_the_rest_with_fake_model() -> None:
+    class Recording(RecordingFakeModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.firsts: list[list[float]] = []
+
+        def embed_chunks(self, chunks: ChunkBatch, lengths: ChunkLengths) -> ChunkVectors:
+            self.firsts.append(chunks[:, 0].tolist())
+            return super().embed_chunks(chunks, lengths)
+
+    model = Recording()
+    with ThreadPoolExecutor(1) as pool:
+        # A quarter of 8 rows: 2 a batch for clips while tracks wait.
+        batcher = ChunkBatcher(model, pool, batch_size=8, max_wait_s=0.05, clip_share=0.25)
+        await batcher.start()
+        try:
+            backlog = track([float(v) for v in range(1, 21)])  # 20 chunks from Kafka, queued first
+            clip = track([100.0 + v for v in range(6)])  # a listener's clip, 6 chunks
+            tracks_done, clip_done = await asyncio.gather(batcher.embed(backlog), batcher.embed(clip, "clip"))
+        finally:
+            await batcher.stop()
+    assert tracks_done[:, 0].tolist() == backlog.audio[:, 0].tolist()
+    assert clip_done[:, 0].tolist() == clip.audio[:, 0].tolist()
+    clip_rows = [sum(v >= 100 for v in batch) for batch in model.firsts]
+    # The clip moved in the very first batch though 20 track chunks were ahead of it, and never took more
+    # than its share while tracks waited: 2 + 2 + 2, with the tracks getting 6 of every 8 rows meanwhile.
+    assert clip_rows[:3] == [2, 2, 2]
+    assert [len(batch) - rows for batch, rows in zip(model.firsts[:3], clip_rows[:3], strict=True)] == [6, 6, 6]
+    assert sum(clip_rows) == 6

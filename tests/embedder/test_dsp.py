@@ -57,7 +57,7 @@ def test_vector_has_the_documented_blocks_and_is_deterministic() -> None:
     backend = DspBackend()
     signal = chords(PROGRESSION_A)
     first = embed(backend, signal)
-    assert first.shape == (sum(BLOCK_DIMS.values()),) == (backend.dim,)
+    assert first.shape == (sum(BLOCK_DIMS.values()),) == (backend.chunk_dim,)
     assert np.all(np.isfinite(first))
     assert float(np.linalg.norm(first)) == pytest.approx(1.0, abs=1e-6)
     assert np.array_equal(first, embed(DspBackend(), signal))
@@ -95,7 +95,7 @@ def test_weights_are_part_of_the_revision_and_validated() -> None:
     default = DspBackend()
     custom = DspBackend(DspParameters(weights={**DspBackend().parameters.weights, "timbre": 1.0}))
     assert default.revision != custom.revision
-    assert default.revision.startswith("v1-")
+    assert default.revision.startswith("v2-")
     with pytest.raises(ModelLoadError, match="unknown DSP blocks"):
         build_backend(Settings(dsp_weights={"loudness": 1.0}))
 

@@ -8,8 +8,9 @@ from prometheus_client import REGISTRY
 
 from mess.dev.stack import free_port
 from mess.embedder.audio import AudioRejectedError
-from mess.embedder.storage import CLIENT_CONFIG, AudioStore, Backoff, RetriesExhaustedError
+from mess.embedder.storage import CLIENT_CONFIG, AudioStore
 from mess.runtime.endpoints import StackSettings
+from mess.runtime.retry import Backoff, RetriesExhaustedError
 
 QUICK = Backoff(attempts=3, base_s=0.01, max_s=0.05)
 

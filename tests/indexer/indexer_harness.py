@@ -5,6 +5,7 @@ fixture; nothing of our own stack is faked.
 """
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,18 +17,40 @@ import boto3
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from mess.contracts.events import Event, ModelIdentity, SnapshotPublished, TrackEmbedded, TrackFailed, TrackRemoved
+from mess.contracts.events import (
+    Event,
+    ModelIdentity,
+    SnapshotPublished,
+    TrackAdded,
+    TrackEmbedded,
+    TrackFailed,
+    TrackRemoved,
+)
+from mess.contracts.topics import REGISTRY_SEQUENCE_HEADER
 from mess.indexer.config import Settings
 from mess.indexer.indexer import Indexer
 from mess.indexer.snapshot_store import SnapshotStore, StoredManifest
 from mess.indexer.snapshots import StepHook, load_snapshot
-from mess.indexer.track_vectors import ModelGuard, TrackVectors
+from mess.indexer.track_vectors import ModelGuard, Outcome, TrackVectors, Vector
 from mess.runtime.endpoints import StackSettings
 
 DIM = 16
 DSP = ModelIdentity(name="dsp", revision="test", dim=DIM, pooling="mean")
 MERT = ModelIdentity(name="m-a-p/MERT-v1-95M", revision="test", dim=DIM, pooling="layers-mean")
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+SHA = "0" * 64
+# The registry sequence the ingest outbox relay stamps on every fact: one
+# counter for the whole test session, so every later fact has a larger one.
+_REGISTRY_SEQUENCE = itertools.count(1)
+
+
+def next_registry_sequence() -> int:
+    return next(_REGISTRY_SEQUENCE)
+
+
+def content(n: int) -> str:
+    """A distinct sha256 for "the track's n-th content"."""
+    return f"{n:064x}"
 
 
 def at(seconds: float) -> datetime:
@@ -62,10 +85,12 @@ def unit_vector(seed: int, dim: int = DIM) -> np.ndarray:
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
-def embedded(track_id: str, seed: int, *, when: datetime | None = None, model: ModelIdentity = DSP) -> TrackEmbedded:
+def embedded(
+    track_id: str, seed: int, *, when: datetime | None = None, model: ModelIdentity = DSP, sha256: str = SHA
+) -> TrackEmbedded:
     return TrackEmbedded(
         track_id=track_id,
-        sha256="0" * 64,
+        sha256=sha256,
         model=model,
         vector=unit_vector(seed, model.dim),
         occurred_at=when or datetime.now(UTC),
@@ -76,16 +101,53 @@ def removed(track_id: str, *, when: datetime | None = None) -> TrackRemoved:
     return TrackRemoved(track_id=track_id, occurred_at=when or datetime.now(UTC))
 
 
+def added(track_id: str, sha256: str = SHA) -> TrackAdded:
+    return TrackAdded(track_id=track_id, sha256=sha256, audio_uri=f"s3://audio/{sha256}.wav", dataset="test")
+
+
+def index(
+    state: TrackVectors, track_id: str, model: ModelIdentity, vector: Vector, sequence: Any = None, sha256: str = SHA
+) -> Outcome:
+    """Register ``track_id`` with content ``sha256`` (unless it already is), then apply its embedding."""
+    fact = state.fact(track_id)
+    if fact is None or fact.sha256 != sha256:
+        state.apply_added(track_id, sha256, next_registry_sequence())
+    return state.apply_embedded(track_id, model, vector, sha256, sequence)
+
+
+class Send:
+    """``send(event)`` to the event's topic, keyed as the contract says; facts
+    (TrackAdded, TrackRemoved) carry the next registry sequence as the ingest
+    outbox relay stamps it, and an embedding is preceded by the TrackAdded of
+    its content, as the embedder only ever embeds announced tracks."""
+
+    def __init__(self, kafka: AIOKafkaProducer, stack: StackSettings) -> None:
+        self.kafka = kafka
+        topics = stack.topics
+        self.topic_of: dict[type[Event], str] = {
+            TrackAdded: topics.tracks_added,
+            TrackEmbedded: topics.tracks_embedded,
+            TrackRemoved: topics.tracks_removed,
+        }
+
+    async def __call__(self, event: Event, *, register: bool = True, sequence: int | None = None) -> None:
+        """``register=False``: an embedding sent alone; ``sequence``: the fact's registry sequence."""
+        if isinstance(event, TrackEmbedded) and register:
+            await self(added(event.track_id, event.sha256))
+        headers: list[tuple[str, bytes]] = []
+        if isinstance(event, TrackAdded | TrackRemoved):
+            number = sequence if sequence is not None else next_registry_sequence()
+            headers.append((REGISTRY_SEQUENCE_HEADER, str(number).encode()))
+        await self.kafka.send_and_wait(
+            self.topic_of[type(event)], event.to_bytes(), key=event.key().encode(), headers=headers or None
+        )
+
+
 @asynccontextmanager
-async def producer(stack: StackSettings) -> AsyncIterator[Callable[[Event], Any]]:
-    """``send(event)`` to the event's topic, keyed as the contract says."""
+async def producer(stack: StackSettings) -> AsyncIterator[Send]:
     kafka = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
     await kafka.start()
-    topics = stack.topics
-    topic_of = {TrackEmbedded: topics.tracks_embedded, TrackRemoved: topics.tracks_removed}
-
-    async def send(event: Event) -> None:
-        await kafka.send_and_wait(topic_of[type(event)], event.to_bytes(), key=event.key().encode())
+    send = Send(kafka, stack)
 
     try:
         yield send

@@ -1,8 +1,10 @@
 """The live indexer through the real broker and S3 endpoint: upserts, removals,
-cross-topic ordering, the model guard and poison messages."""
+ordering by registry sequence, embeddings checked against the registered
+content, the model guard and poison messages."""
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -14,11 +16,14 @@ from mess.runtime.endpoints import StackSettings
 from .indexer_harness import (
     DSP,
     MERT,
+    added,
     at,
     consumed_everything,
+    content,
     dead_letters,
     embedded,
     indexer_settings,
+    next_registry_sequence,
     producer,
     read_back,
     read_topic,
@@ -77,20 +82,81 @@ async def test_upserts_replace_and_removals_delete(stack: StackSettings) -> None
         assert shard.index.key.startswith(f"snapshots/{shard.built_in}/")
 
 
-async def test_an_embedding_older_than_a_removal_on_the_other_topic_is_dropped(stack: StackSettings) -> None:
+async def test_facts_are_ordered_by_registry_sequence_across_topics(stack: StackSettings) -> None:
     store = snapshot_store(stack)
     async with running(indexer_settings(stack)) as indexer, producer(stack) as send:
-        # The removal (at 50) arrives first; the embedding it supersedes (at 40) later.
-        await send(removed("late-embedding", when=at(50)))
-        await send(embedded("late-embedding", seed=1, when=at(40)))
-        # A removal older than the embedding already applied is dropped too.
-        await send(embedded("early-removal", seed=2, when=at(60)))
+        # Added, then removed (a later sequence): the embedding arriving after the removal is stale.
+        await send(added("late-embedding"))
+        await send(removed("late-embedding"))
+        await send(embedded("late-embedding", seed=1), register=False)
+        # A removal with an earlier sequence than the track's TrackAdded is dropped, wherever it lands.
+        early = next_registry_sequence()
+        await send(embedded("early-removal", seed=2))
         await wait_until(lambda: consumed_everything(indexer), "first events consumed")
-        await send(removed("early-removal", when=at(55)))
-        await send(embedded("marker", seed=3, when=at(70)))
+        await send(removed("early-removal"), sequence=early)
+        await send(embedded("marker", seed=3))
         await wait_until(lambda: consumed_everything(indexer), "everything consumed")
         snapshot = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 2, "two tracks")
     assert sorted(snapshot_ids(store, snapshot.version)) == ["early-removal", "marker"]
+
+
+async def test_an_embedding_dated_in_the_year_9999_does_not_outrank_a_later_delete(stack: StackSettings) -> None:
+    store = snapshot_store(stack)
+    async with running(indexer_settings(stack)) as indexer, producer(stack) as send:
+        await send(embedded("far-future", seed=1, when=datetime(9999, 1, 1, tzinfo=UTC)))
+        await send(embedded("marker", seed=2))
+        await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 2, "both tracks indexed")
+        await send(removed("far-future"))  # the DELETE, stamped with today's time
+        await wait_until(lambda: consumed_everything(indexer), "the removal consumed")
+        snapshot = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 1, "the removal published")
+    assert snapshot_ids(store, snapshot.version) == ["marker"]
+
+
+async def test_an_embedding_of_other_content_than_registered_is_dead_lettered_not_indexed(
+    stack: StackSettings,
+) -> None:
+    store = snapshot_store(stack)
+    async with running(indexer_settings(stack)) as indexer, producer(stack) as send:
+        await send(added("track", content(1)))
+        await send(embedded("track", seed=1, sha256=content(2)), register=False)
+        await send(embedded("marker", seed=2))
+        await wait_until(lambda: consumed_everything(indexer), "everything consumed")
+        snapshot = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 1, "the marker")
+    assert snapshot_ids(store, snapshot.version) == ["marker"]
+    (failed,) = await dead_letters(stack, 1)
+    assert (failed.stage, failed.error_kind) == ("index", "content_mismatch")
+    assert failed.source_topic == stack.topics.tracks_embedded
+    assert content(1) in failed.error and content(2) in failed.error
+
+
+async def test_a_forged_embedding_of_a_track_never_added_is_dead_lettered_and_its_partition_moves_on(
+    stack: StackSettings,
+) -> None:
+    store = snapshot_store(stack)
+    async with running(indexer_settings(stack)) as indexer, producer(stack) as send:
+        await send(embedded("forged", seed=1), register=False)
+        (failed,) = await dead_letters(stack, 1)
+        # The same key, so the same partition, behind the forgery: registered and embedded for real.
+        await send(embedded("forged", seed=2))
+        snapshot = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 1, "the real embedding")
+        await wait_until(lambda: consumed_everything(indexer), "everything consumed")
+    assert snapshot_ids(store, snapshot.version) == ["forged"]
+    np.testing.assert_allclose(read_back(store, snapshot.version).vector("forged"), unit_vector(2), rtol=1e-6)
+    assert (failed.error_kind, failed.original_key) == ("unregistered_content", "forged")
+
+
+async def test_a_track_removed_then_added_again_with_new_content_is_indexed_with_it(stack: StackSettings) -> None:
+    store = snapshot_store(stack)
+    async with running(indexer_settings(stack)) as indexer, producer(stack) as send:
+        await send(embedded("track", seed=1, sha256=content(1), when=at(100)))
+        await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 1, "the first content")
+        await send(removed("track", when=at(200)))
+        await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 0, "the removal")
+        # Its embedder's clock is behind the removal's: no matter, the registry's sequence says "added again".
+        await send(embedded("track", seed=2, sha256=content(2), when=at(150)))
+        await wait_until(lambda: consumed_everything(indexer), "everything consumed")
+        snapshot = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 1, "the new content")
+    np.testing.assert_allclose(read_back(store, snapshot.version).vector("track"), unit_vector(2), rtol=1e-6)
 
 
 async def test_a_vector_from_another_model_is_dead_lettered_and_the_index_keeps_its_model(
@@ -148,7 +214,7 @@ async def test_a_redelivered_event_does_not_cause_a_snapshot(stack: StackSetting
     async with running(indexer_settings(stack)) as indexer, producer(stack) as send:
         await send(event)
         snapshot = await wait_for_snapshot(store, lambda s: s.manifest.vector_count == 1, "one track")
-        await send(event)  # at-least-once delivery: the same event again
+        await send(event, register=False)  # at-least-once delivery: the same event again
         await wait_until(lambda: consumed_everything(indexer), "the redelivery consumed")
         unchanged = indexer.metrics.registry.get_sample_value(
             "mess_indexer_events_total", {"topic": stack.topics.tracks_embedded, "outcome": "unchanged"}

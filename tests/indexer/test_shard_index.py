@@ -24,6 +24,7 @@ from mess.indexer.shard_index import (
 from mess.indexer.track_vectors import ModelGuard, TrackVectors
 
 from .clustered import clustered_vectors
+from .indexer_harness import index
 
 
 def test_small_shards_are_exact_and_large_ones_approximate() -> None:
@@ -114,7 +115,7 @@ def test_approximate_shards_reach_recall_at_10_of_095_on_50000_clustered_vectors
     state = TrackVectors(2, ModelGuard(None, None))  # 25,000 per shard: above the Flat threshold
     ids = [f"track-{n:05d}" for n in range(len(vectors))]
     for row, track_id in enumerate(ids):
-        state.apply_embedded(track_id, model, vectors[row], row)
+        index(state, track_id, model, vectors[row])
     tuning = state.sample(settings.tuning_queries)
 
     shards = []

@@ -93,12 +93,12 @@ def _log_says(service: ServiceProcess, text: str) -> bool:
 
 
 async def _log_ends(stack: StackSettings) -> dict[str, dict[str, int]]:
-    """End offsets of every partition of the two topics the indexer reads, as a manifest records them."""
+    """End offsets of every partition of the three topics the indexer reads, as a manifest records them."""
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
     await consumer.start()
     try:
         await consumer.topics()
-        topics = (stack.topics.tracks_embedded, stack.topics.tracks_removed)
+        topics = (stack.topics.tracks_embedded, stack.topics.tracks_removed, stack.topics.tracks_added)
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = await consumer.end_offsets(partitions)
     finally:
@@ -160,10 +160,11 @@ def test_sigterm_publishes_the_applied_changes_and_a_successor_with_another_writ
     try:
         _wait(lambda: _ready(first), "readiness (the known-empty snapshot)")
         _send(stack, events[:-1])
-        _wait(lambda: _metric(first, "mess_indexer_events_total") == len(events) - 1, "the vectors applied")
+        # Each embedding comes with its TrackAdded (the harness registers it, as ingest would).
+        _wait(lambda: _metric(first, "mess_indexer_events_total") == 2 * (len(events) - 1), "the vectors applied")
         _send(stack, events[-1:])  # after them, so the removal finds its track
-        # Applied (both topics, every partition) but in no snapshot: LATEST is still the empty one.
-        _wait(lambda: _metric(first, "mess_indexer_pending_changes") == len(events), "every change applied")
+        # Applied (every topic, every partition) but in no snapshot: LATEST is still the empty one.
+        _wait(lambda: _metric(first, "mess_indexer_pending_changes") == 2 * len(events) - 1, "every change applied")
         latest = store.read_latest()
         assert latest is not None and latest.version == "000000000001"
 
@@ -196,7 +197,8 @@ def test_sigterm_publishes_the_applied_changes_and_a_successor_with_another_writ
         _wait(lambda: _ready(second), "the successor's readiness")
         _send(stack, [embedded("track-20", 20)])
         _wait(lambda: _metric(second, "mess_indexer_snapshots_published_total") >= 1, "the successor's snapshot")
-        assert _metric(second, "mess_indexer_events_total") == 1  # the new event only: nothing replayed
+        # The new embedding and its TrackAdded only: nothing replayed.
+        assert _metric(second, "mess_indexer_events_total") == 2
         assert _metric(second, "mess_indexer_snapshot_failures_total") == 0
         assert second.stop(timeout=GRACE_S) == 0
     finally:
@@ -227,7 +229,7 @@ def test_sigterm_while_a_snapshot_is_written_lets_it_complete_then_publishes_the
             # Snapshot 2 (those ten) is written up to its manifest, which is held.
             held.wait_held(1)
             _send(stack, [embedded(f"track-{n:02d}", n) for n in range(10, 15)])
-            _wait(lambda: _metric(service, "mess_indexer_pending_changes") == 5, "the later five applied")
+            _wait(lambda: _metric(service, "mess_indexer_pending_changes") == 10, "the later five applied")
 
             signalled = _sigterm(service)
             _wait(lambda: _log_says(service, "stopping: consuming no more"), "the shutdown to begin")

@@ -15,10 +15,10 @@ from mess.indexer.snapshot_store import (
     VersionTakenError,
 )
 from mess.indexer.snapshots import BuildOptions, Checkpoint, PublishedSnapshot, publish_snapshot
-from mess.indexer.track_vectors import ModelGuard, TrackVectors
+from mess.indexer.track_vectors import ModelGuard, Outcome, TrackVectors
 from mess.runtime.endpoints import StackSettings
 
-from .indexer_harness import DSP, read_back, snapshot_store, unit_vector
+from .indexer_harness import DSP, SHA, index, next_registry_sequence, read_back, snapshot_store, unit_vector
 
 OPTIONS = BuildOptions(flat_threshold=1_000, approximate_index="HNSW32,SQ8", ef_construction=40, tuning_recall=0.95)
 
@@ -45,8 +45,8 @@ def publish(store: SnapshotStore, state: TrackVectors, base: PublishedSnapshot |
 def filled(count: int, shards: int = 4) -> TrackVectors:
     state = TrackVectors(shards, ModelGuard(None, None))
     for n in range(count):
-        state.apply_embedded(f"track-{n:03d}", DSP, unit_vector(n), n)
-    state.apply_removed("removed-track", 1_000)
+        index(state, f"track-{n:03d}", DSP, unit_vector(n))
+    state.apply_removed("removed-track", next_registry_sequence())
     return state
 
 
@@ -65,8 +65,11 @@ def test_a_snapshot_reads_back_exactly(stack: StackSettings) -> None:
     assert sorted(loaded.track_ids()) == sorted(state.track_ids())
     for track_id in state.track_ids():
         np.testing.assert_array_equal(loaded.vector(track_id), state.vector(track_id))
-    # The clock survives too: an embedding older than the tombstone is still refused after a restart.
-    assert loaded.apply_embedded("removed-track", DSP, unit_vector(1), 999).value == "stale"
+    # The registry's facts survive too: after a restart, an embedding of the removed track is still
+    # refused, and one of content the registry never announced for a track is too.
+    assert loaded.apply_embedded("removed-track", DSP, unit_vector(1), SHA) is Outcome.STALE
+    assert loaded.fact("track-000") == state.fact("track-000")
+    assert loaded.apply_embedded("track-000", DSP, unit_vector(1), "f" * 64) is Outcome.CONTENT_MISMATCH
 
 
 @pytest.mark.parametrize("which", ["index", "ids", "vectors"])
@@ -96,7 +99,7 @@ def test_ids_in_the_wrong_shard_are_refused_even_with_good_checksums(stack: Stac
     document = json.loads(store.s3.get_object(Bucket=stack.bucket, Key=manifest_key("000000000001"))["Body"].read())
     # Swap two shards' files in the manifest: every checksum still matches its file.
     first, second = document["shards"][0], document["shards"][1]
-    for field in ("index", "ids", "vectors", "clock", "count"):
+    for field in ("index", "ids", "vectors", "facts", "count"):
         first[field], second[field] = second[field], first[field]
     store.s3.put_object(Bucket=stack.bucket, Key=manifest_key("000000000001"), Body=json.dumps(document).encode())
     with pytest.raises(SnapshotIntegrityError, match="belong to other shards"):
@@ -107,7 +110,7 @@ def test_unchanged_shards_are_referenced_not_rebuilt(stack: StackSettings) -> No
     store = snapshot_store(stack)
     state = filled(40)
     first = publish(store, state, None)
-    state.apply_embedded("track-000", DSP, unit_vector(500), 2_000)
+    index(state, "track-000", DSP, unit_vector(500))
     second = publish(store, state, first)
     assert second.rebuilt_shards == 1 and second.stored.manifest.previous_version == first.stored.version
     for old, new in zip(first.stored.manifest.shards, second.stored.manifest.shards, strict=True):
@@ -126,7 +129,7 @@ def test_retention_keeps_the_last_k_and_every_file_they_reference(stack: StackSe
     state = filled(40)
     published = [publish(store, state, None)]
     for n in range(4):  # only track-000's shard changes in these
-        state.apply_embedded("track-000", DSP, unit_vector(600 + n), 3_000 + n)
+        index(state, "track-000", DSP, unit_vector(600 + n))
         published.append(publish(store, state, published[-1]))
     deleted = store.prune(keep=2)
 
@@ -146,9 +149,9 @@ def test_latest_moves_only_from_the_version_the_writer_read(stack: StackSettings
     store = snapshot_store(stack)
     state = filled(10)
     first = publish(store, state, None)
-    state.apply_embedded("track-001", DSP, unit_vector(700), 5_000)
+    index(state, "track-001", DSP, unit_vector(700))
     publish(store, state, first)  # another writer moved LATEST to 2
-    state.apply_embedded("track-002", DSP, unit_vector(701), 5_001)
+    index(state, "track-002", DSP, unit_vector(701))
     with pytest.raises(LatestMovedError, match="000000000002"):
         publish(store, state, first)  # still believes LATEST is 1
     assert store.read_latest().version == "000000000002"  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ never touched).
 
 import asyncio
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ import boto3
 import httpx
 import pytest
 
-from mess.contracts.events import TrackAdded, TrackMetadata
+from mess.contracts.events import TrackAdded, TrackFailed, TrackMetadata
+from mess.contracts.topics import REGISTRY_SEQUENCE_HEADER, TRACKS_ADDED
 from mess.dev import stack as local
 from mess.ingest.audio import AudioFacts
 from mess.ingest.outbox import OutboxRelay
@@ -82,6 +84,78 @@ async def test_relay_publishes_in_outbox_order_and_marks_rows(stack: StackSettin
         assert keys == expected, f"partition {partition} out of outbox order"
     reasons = [TrackAdded.from_bytes(r.value).reason for r in sorted(records, key=lambda r: (r.partition, r.offset))]
     assert reasons.count("new") == 30 and reasons.count("reconcile") == 30
+
+
+async def test_a_row_no_broker_can_take_is_dead_lettered_and_the_rest_go_on_in_order(stack: StackSettings) -> None:
+    settings = ingest_settings(stack, relay_enabled=False, drop_worker_enabled=False, relay_batch=4)
+    async with running_ingest(settings) as service:
+        registry = service.resources.registry
+        for n in range(3):
+            await registry.register(registry_candidate(n, stack))
+        connection = await connect_db(stack)
+        try:
+            # Rows the broker can never accept, however they got into the outbox: one over the
+            # producer's max_request_size (1 MiB), one for a topic that is none of ours.
+            oversized = json.dumps({"track_id": "oversized-row", "padding": "x" * (2 * 1024 * 1024)})
+            await connection.execute(
+                "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3::jsonb)",
+                TRACKS_ADDED,
+                "oversized-row",
+                oversized,
+            )
+            await connection.execute(
+                "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3::jsonb)",
+                "mess.nowhere.v1",
+                "stray-row",
+                '{"track_id": "stray-row"}',
+            )
+            for n in range(3, 8):
+                await registry.register(registry_candidate(n, stack))
+            queued = [
+                (row["key"], row["id"])
+                for row in await connection.fetch(
+                    "SELECT id, key FROM outbox WHERE topic = $1 ORDER BY id", TRACKS_ADDED
+                )
+            ]
+
+            relay = OutboxRelay(settings)
+            relaying = asyncio.create_task(relay.run())
+            try:
+                await outbox_drained(stack)
+            finally:
+                relaying.cancel()
+                await asyncio.gather(relaying, return_exceptions=True)
+            marks = {
+                row["key"]: row["dead_letter_reason"]
+                for row in await connection.fetch("SELECT key, dead_letter_reason FROM outbox")
+            }
+        finally:
+            await connection.close()
+
+    assert "MessageSizeTooLargeError" in (marks.pop("oversized-row") or "")
+    assert "mess.nowhere.v1" in (marks.pop("stray-row") or "")
+    assert set(marks.values()) == {None}, "only the two unpublishable rows are marked as dead letters"
+
+    records = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_added, at_least=8)
+    assert len(records) == 8
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_partition[record.partition].append(record.key.decode())
+        # Every announcement carries the registry's sequence (its outbox row id), which orders a track's facts.
+        assert dict(record.headers)[REGISTRY_SEQUENCE_HEADER] == str(dict(queued)[record.key.decode()]).encode()
+    for partition, keys in by_partition.items():
+        assert keys == [key for key, _ in queued if key in set(keys)], f"partition {partition} out of outbox order"
+
+    letters = [
+        TrackFailed.from_bytes(r.value)
+        for r in await read_topic(stack.kafka_bootstrap, stack.topics.tracks_failed, at_least=2)
+    ]
+    assert sorted((f.original_key, f.error_kind, f.stage) for f in letters) == [
+        ("oversized-row", "unpublishable", "ingest"),
+        ("stray-row", "unpublishable", "ingest"),
+    ]
+    oversized_letter = next(f for f in letters if f.original_key == "oversized-row")
+    assert oversized_letter.original_truncated and oversized_letter.track_id == "oversized-row"
 
 
 @pytest.fixture

@@ -3,13 +3,19 @@
 import hashlib
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from mess.contracts.events import TrackFailed, TrackMetadata
 from mess.ingest.audio import AudioFacts
 from mess.ingest.db import Database, apply_migrations, migration_files, open_database
-from mess.ingest.registry import DropSource, RejectedContent, StoredAudio, TrackCandidate, TrackRegistry
+from mess.ingest.registry import (
+    DropSource,
+    RejectedContent,
+    StoredAudio,
+    TrackCandidate,
+    TrackRegistry,
+    UnstorableTrackError,
+)
 from mess.runtime.endpoints import StackSettings
 
 from .service_harness import connect_db
@@ -72,8 +78,9 @@ async def test_registering_writes_track_and_event_together_and_only_once(
 
 
 async def test_a_failed_insert_leaves_no_event(stack: StackSettings, registry: TrackRegistry) -> None:
-    with pytest.raises(asyncpg.CheckViolationError):
-        await registry.register(candidate("bad", track_id="Not A Valid Id"))  # the id CHECK refuses it
+    # Refused before the transaction, as a permanent error of the input (the id CHECK would refuse it too).
+    with pytest.raises(UnstorableTrackError):
+        await registry.register(candidate("bad", track_id="Not A Valid Id"))
     assert await outbox_topics(stack) == []
 
 
@@ -102,7 +109,9 @@ async def test_rejected_object_is_settled_until_it_changes(stack: StackSettings,
     drop = DropSource("drop/bad.wav", "etag-1")
     letter = TrackFailed(track_id="abc", stage="ingest", error_kind="silent", error="drop/bad.wav: silent")
     content = RejectedContent("abc", "0" * 64, "s3://b/drop/bad.wav", "s3", TrackMetadata(), 5)
-    await registry.record_rejected_drop(drop, letter, content)
+    await registry.record_rejected_drop(
+        drop, letter, content, reason="silent: silent", letter_key="s3://b/drop/bad.wav"
+    )
     assert await registry.settled_drops([drop]) == {"drop/bad.wav"}
     assert await registry.settled_drops([DropSource("drop/bad.wav", "etag-2")]) == set()  # fixed in place
     status = await registry.status("abc")

@@ -65,8 +65,11 @@ async def status_of(service: RunningIngest, track_id: str) -> dict[str, Any]:
     return body
 
 
-def put_snapshot(stack: StackSettings, version: str, track_ids: list[str], corrupt_ids: bool = False) -> str:
-    """A snapshot as the indexer lays it out, with only the files status reads being real (the id list)."""
+def put_snapshot(
+    stack: StackSettings, version: str, track_ids: list[str], corrupt_ids: bool = False, latest: bool = True
+) -> str:
+    """A snapshot as the indexer lays it out, with only the files status reads being real (the id list);
+    ``latest``: LATEST then names it, as the indexer moves it before announcing."""
     kwargs: dict[str, Any] = stack.s3_client_kwargs()
     s3 = boto3.client("s3", **kwargs)
     ids = json.dumps(track_ids).encode()
@@ -93,6 +96,8 @@ def put_snapshot(stack: StackSettings, version: str, track_ids: list[str], corru
         ],
     )
     s3.put_object(Bucket=stack.bucket, Key=manifest_key(version), Body=manifest.model_dump_json().encode())
+    if latest:
+        s3.put_object(Bucket=stack.bucket, Key=LATEST_KEY, Body=f"{version}\n".encode())
     return f"s3://{stack.bucket}/{manifest_key(version)}"
 
 
@@ -136,7 +141,8 @@ async def test_downstream_failure_is_recorded_with_stage_and_reason(stack: Stack
         await publish(stack, stack.topics.tracks_failed, failure)
         status = await wait_until(lambda: _has_status(service, track_id, "failed"), "never failed")
         assert status["failure_stage"] == "embed"
-        assert status["failure_reason"] == "decode: libsndfile gave up"
+        # Public: the stage's code and a fixed text; what the failure said stays in the log and the dead letter.
+        assert status["failure_reason"] == "decode: the audio could not be decoded for embedding"
         # A retry that succeeded later wins.
         await publish(stack, stack.topics.tracks_embedded, embedded(track_id, sha256))
         await wait_until(lambda: _has_status(service, track_id, "embedded"), "never embedded after the failure")
@@ -204,3 +210,41 @@ async def test_a_snapshot_read_after_retention_removed_it_is_skipped_not_dead_le
 
 async def _changed(counter: Any, before: float) -> bool:
     return bool(counter._value.get() > before)
+
+
+async def test_a_snapshot_the_indexer_did_not_publish_marks_nothing_and_is_dead_lettered(stack: StackSettings) -> None:
+    """Well-formed snapshots with intact files, announced by whoever can write the topic: one ahead of LATEST
+    and one with a 128-digit version. Neither marks its tracks indexed; each is dead-lettered once; the real
+    snapshot that LATEST names, announced after them, is applied."""
+    async with running_ingest(ingest_settings(stack, status_enabled=True)) as service:
+        ahead, _ = await upload(service, 240.0)
+        long_version, _ = await upload(service, 250.0)
+        real, _ = await upload(service, 270.0)
+        put_snapshot(stack, "000000000004", [])
+
+        def announced(version: str) -> SnapshotPublished:
+            return SnapshotPublished(
+                version=version,
+                manifest_uri=put_snapshot(
+                    stack, version, [ahead if version.startswith("0") else long_version], latest=False
+                ),
+                counts=SnapshotCounts(vectors=1, shards=1),
+                model=MODEL,
+            )
+
+        forged = [announced("000000000009"), announced("9" * 128)]
+        real_snapshot = SnapshotPublished(
+            version="000000000005",
+            manifest_uri=put_snapshot(stack, "000000000005", [real]),
+            counts=SnapshotCounts(vectors=1, shards=1),
+            model=MODEL,
+        )
+        await publish(stack, stack.topics.index_snapshots, *forged, real_snapshot, partition=0)
+        status = await wait_until(lambda: _has_status(service, real, "indexed"), "the real snapshot never applied")
+        assert status["snapshot_version"] == "000000000005"
+        assert (await status_of(service, ahead))["status"] == "registered"
+        assert (await status_of(service, long_version))["status"] == "registered"
+
+    letters = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_failed, at_least=2)
+    failed = [TrackFailed.from_bytes(r.value) for r in letters]
+    assert [(f.error_kind, f.source_offset) for f in failed] == [("bad_snapshot", 0), ("bad_snapshot", 1)]

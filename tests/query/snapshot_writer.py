@@ -21,9 +21,11 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from mess.contracts.events import ModelIdentity, SnapshotCounts, SnapshotPublished
+from mess.contracts.sequences import pack_sequences
 from mess.contracts.storage import (
     LATEST_KEY,
     ShardManifest,
+    ShardSequences,
     SnapshotManifest,
     StoredFile,
     manifest_key,
@@ -54,6 +56,8 @@ class ShardInput:
     vectors: FloatMatrix
     index_factory: str = "Flat"
     search_params: dict[str, int] = field(default_factory=dict)
+    # pitch sequences aligned with ``ids`` (None: the shard has no sequence file, as before issue 15)
+    sequences: list[npt.NDArray[np.uint8] | None] | None = None
 
 
 @dataclass
@@ -64,11 +68,20 @@ class Tampering:
     # Checksums fine, but the vector file's rows are rotated against the index's rows
     # (as a writer bug that reorders one file would leave them).
     rotate_vectors_of_shard: int | None = None
+    corrupt_sequences_of_shard: int | None = None  # frames' bytes differ from the manifest's sha256
+    # Checksums fine, but the last offset points past the frames (a writer bug, or a forged file).
+    overrun_sequences_of_shard: int | None = None
 
 
 def _npy_bytes(matrix: FloatMatrix) -> bytes:
     out = io.BytesIO()
     np.save(out, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+    return out.getvalue()
+
+
+def _npy(array: npt.NDArray[Any]) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
     return out.getvalue()
 
 
@@ -101,6 +114,7 @@ class SnapshotWriter:
         tampering: Tampering | None = None,
         reuse: dict[int, ShardManifest] | None = None,
         update_latest: bool = True,
+        model: ModelIdentity | None = None,
     ) -> SnapshotManifest:
         """Upload one snapshot; ``reuse`` maps a shard number to an earlier snapshot's shard entry."""
         version = version_name(number)
@@ -123,6 +137,21 @@ class SnapshotWriter:
                 spoiled = bytearray(vector_bytes)
                 spoiled[-1] ^= 0xFF
                 self.s3.put_object(Bucket=self.stack.bucket, Key=vectors.key, Body=bytes(spoiled))
+            sequences = None
+            if shard.sequences is not None:
+                frames, offsets = pack_sequences(shard.sequences)
+                if tampering.overrun_sequences_of_shard == number_in:
+                    offsets[-1] += 1
+                frame_bytes = _npy(frames)
+                stored_frames = self._put(f"{folder}shard-{number_in:03d}.sequences.npy", frame_bytes)
+                if tampering.corrupt_sequences_of_shard == number_in:
+                    spoiled = bytearray(frame_bytes)
+                    spoiled[-1] ^= 0xFF
+                    self.s3.put_object(Bucket=self.stack.bucket, Key=stored_frames.key, Body=bytes(spoiled))
+                sequences = ShardSequences(
+                    frames=stored_frames,
+                    offsets=self._put(f"{folder}shard-{number_in:03d}.sequence-offsets.npy", _npy(offsets)),
+                )
             entries.append(
                 ShardManifest(
                     shard=number_in,
@@ -133,6 +162,7 @@ class SnapshotWriter:
                     vectors=vectors,
                     built_in=version,
                     search_params=shard.search_params,
+                    sequences=sequences,
                 )
             )
         count = sum(e.count for e in entries)
@@ -140,7 +170,7 @@ class SnapshotWriter:
             version=version,
             previous_version=self.previous.version if self.previous else None,
             created_at=datetime.now(UTC),
-            model=model_identity(dim) if count else None,
+            model=(model or model_identity(dim)) if count else None,
             dim=dim if count else None,
             shard_count=max(len(entries), 1),
             vector_count=count,

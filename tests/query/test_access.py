@@ -24,7 +24,8 @@ from mess.runtime.endpoints import StackSettings
 from .conftest import StartQuery, apply_registry, insert_tracks, track_row
 
 READER, STRANGER = mint_key(), mint_key()
-AUDIO = bytes(range(256)) * 16
+# A WAV header (what /audio recognises audio by), then a pattern.
+AUDIO = b"RIFF\x00\x00\x00\x00WAVE" + bytes(range(256)) * 16
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from mess.runtime.endpoints import StackSettings
 from .conftest import Catalogue, RunningQuery, StartQuery, apply_registry, insert_tracks, track_row
 from .snapshot_writer import SnapshotWriter
 
-AUDIO = bytes(range(256)) * 40  # 10,240 bytes standing in for a file
+# 10,240 bytes standing in for a file: a WAV header (what /audio recognises audio by), then a pattern.
+AUDIO = (b"RIFF\x00\x00\x00\x00WAVE" + bytes(range(256)) * 40)[:10240]
 
 
 @pytest.fixture
@@ -226,7 +227,7 @@ async def test_cache_hit_after_miss_and_miss_after_a_swap(
     assert first.json()["recommendations"] == second.json()["recommendations"]
     assert served.metric("mess_query_recommendations_computed_total", {"strategy": "similar"}) == 1
 
-    manifest = writer.write(2, catalogue.shards(3), dim=16, update_latest=False)
+    manifest = writer.write(2, catalogue.shards(3), dim=16)
     await writer.announce(manifest)
     await served.wait_for_version(manifest.version)
     after = (await served.client.get(url, params={"k": 4})).json()

@@ -66,7 +66,7 @@ async def test_ten_swaps_under_concurrent_requests(
         try:
             for number in range(2, SWAPS + 2):
                 shards = versions[number].shards(2 + number % 3)
-                manifest = await asyncio.to_thread(writer.write, number, shards, 16, None, None, False)
+                manifest = await asyncio.to_thread(writer.write, number, shards, 16)
                 await writer.announce(manifest)
                 await query.wait_for_version(manifest.version)
                 await eventually(_served_some(served_by, manifest.version), f"requests served by {manifest.version}")

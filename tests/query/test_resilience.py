@@ -114,14 +114,14 @@ async def test_single_flight_shares_one_computation_through_real_redis(stack: St
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.2)  # a slow search, so the other requests arrive meanwhile
-        return b'{"answer":42}', True
+        return b'{"recommendations":[]}', True
 
     key = f"{stack.redis_prefix}rec:test"
     try:
         results = await asyncio.gather(*(cache.get_or_compute(key, compute) for _ in range(20)))
         assert calls == 1
-        assert results == [(b'{"answer":42}', False)] * 20
-        assert await cache.get_or_compute(key, compute) == (b'{"answer":42}', True)
+        assert results == [(b'{"recommendations":[]}', False)] * 20
+        assert await cache.get_or_compute(key, compute) == (b'{"recommendations":[]}', True)
         assert await redis.ttl(key) > 0
     finally:
         await redis.delete(key)

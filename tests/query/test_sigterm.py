@@ -197,7 +197,9 @@ async def test_sigterm_with_recommend_and_audio_requests_in_flight_answers_all_f
     stopped_at_end: list[ServiceProcess],
 ) -> None:
     await apply_registry(stack)
-    audio = np.random.default_rng(7).integers(0, 256, AUDIO_BYTES, dtype=np.uint8).tobytes()
+    # A WAV header (what /audio recognises audio by), then noise.
+    noise = np.random.default_rng(7).integers(0, 256, AUDIO_BYTES - 12, dtype=np.uint8).tobytes()
+    audio = b"RIFF\x00\x00\x00\x00WAVE" + noise
     sha = hashlib.sha256(audio).hexdigest()
     s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
     boto3.client("s3", **s3_kwargs).put_object(Bucket=stack.bucket, Key=f"audio/{sha[:2]}/{sha}.wav", Body=audio)

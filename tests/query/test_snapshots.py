@@ -53,7 +53,7 @@ async def test_snapshot_event_swaps_without_waiting_for_the_poll(
     async with start_query(snapshot_poll_s=3600) as query:  # the start-up read of LATEST, then no polls
         await query.wait_for_version(first.version)
         old = weakref.ref(query.resources.follower.current)
-        second = writer.write(2, catalogue.shards(3), dim=16, update_latest=False)
+        second = writer.write(2, catalogue.shards(3), dim=16)
         await writer.announce(second)
         await query.wait_for_version(second.version)
         assert query.resources.follower.current is not None
@@ -86,7 +86,7 @@ async def test_unchanged_shards_are_reused_not_reloaded(
         shards = catalogue.shards(2)
         # Shard 1 gets new content (its rows reversed); shard 0 is the earlier snapshot's entry.
         shards[1] = ShardInput(ids=shards[1].ids[::-1], vectors=shards[1].vectors[::-1].copy())
-        second = writer.write(2, shards, dim=16, reuse={0: first.shards[0]}, update_latest=False)
+        second = writer.write(2, shards, dim=16, reuse={0: first.shards[0]})
         await writer.announce(second)
         new = await query.resources.follower.wait_for_version(second.version, 20)
         assert new.shards[0] is old.shards[0]  # same object: not downloaded or loaded again
@@ -116,7 +116,7 @@ async def test_a_broken_snapshot_is_refused_and_the_old_one_keeps_serving(
     async with start_query() as query:
         await query.wait_for_version(first.version)
         # Three shards: new content, so nothing can come from the local cache of snapshot 1.
-        broken = writer.write(2, catalogue.shards(3), dim=16, tampering=tampering, update_latest=False)
+        broken = writer.write(2, catalogue.shards(3), dim=16, tampering=tampering)
         with caplog.at_level(logging.ERROR, logger="mess.query"):
             await writer.announce(broken)
             await eventually(
@@ -129,10 +129,10 @@ async def test_a_broken_snapshot_is_refused_and_the_old_one_keeps_serving(
         assert response.status_code == 200
         assert response.json()["snapshot_version"] == first.version
         _, body = await _ready(query.client)
-        assert "000000000002" in body["refused_snapshots"]
+        assert {"version": "000000000002", "reason": "snapshot_refused"} in body["refused_snapshots"]
 
         # A later good snapshot is still taken.
-        third = writer.write(3, catalogue.shards(2), dim=16, update_latest=False)
+        third = writer.write(3, catalogue.shards(2), dim=16)
         await writer.announce(third)
         await query.wait_for_version(third.version)
 
@@ -146,7 +146,7 @@ async def test_a_malformed_snapshot_event_is_dead_lettered_and_skipped(
         await query.wait_for_version(first.version)
         await eventually(lambda: query.resources.analytics.connected, "the producer")
         await writer.send_raw(b'{"version": "not a snapshot event"}', b"bad")
-        second = writer.write(2, [ShardInput(catalogue.ids, catalogue.vectors)], dim=16, update_latest=False)
+        second = writer.write(2, [ShardInput(catalogue.ids, catalogue.vectors)], dim=16)
         await writer.announce(second)
         await query.wait_for_version(second.version)  # the poison did not block what came after it
         assert query.metric("mess_query_snapshot_events_malformed_total") == 1
@@ -168,3 +168,62 @@ async def test_a_malformed_snapshot_event_is_dead_lettered_and_skipped(
     assert letter.error_kind == "malformed_event"
     assert letter.source_topic == stack.topics.index_snapshots
     assert letter.original_payload == '{"version": "not a snapshot event"}'
+
+
+async def test_only_the_indexers_own_snapshot_that_latest_names_is_ever_served(
+    stack: StackSettings, start_query: StartQuery, writer: SnapshotWriter, catalogue: Catalogue
+) -> None:
+    """Forged SnapshotPublished events, each pointing at a well-formed manifest with intact files, are refused,
+    dead-lettered and never ranked: a manifest outside the snapshot prefix, a 128-digit version, and a
+    version ahead of LATEST. The real next snapshot is then served."""
+    await apply_registry(stack)
+    first = writer.write(1, catalogue.shards(2), dim=16)
+    s3 = writer.s3
+    async with start_query() as query:  # LATEST polls every 30 s: only events can move it here
+        await query.wait_for_version(first.version)
+        await eventually(lambda: query.resources.analytics.connected, "the producer")
+
+        elsewhere = writer.write(2, catalogue.shards(3), dim=16, update_latest=False)
+        forged_key = "audio/forged/manifest.json"
+        s3.copy_object(
+            Bucket=stack.bucket,
+            Key=forged_key,
+            CopySource={"Bucket": stack.bucket, "Key": f"snapshots/{elsewhere.version}/manifest.json"},
+        )
+        s3.delete_object(Bucket=stack.bucket, Key=f"snapshots/{elsewhere.version}/manifest.json")
+        outside = writer.event(elsewhere).model_copy(update={"manifest_uri": f"s3://{stack.bucket}/{forged_key}"})
+        await writer.send_raw(outside.to_bytes(), elsewhere.version.encode())
+        await writer.announce(writer.write(int("9" * 128), catalogue.shards(3), dim=16, update_latest=False))
+        await writer.announce(writer.write(3, catalogue.shards(3), dim=16, update_latest=False))
+
+        for reason in ("location", "version", "latest"):
+            await eventually(
+                lambda reason=reason: query.metric("mess_query_snapshot_refused_total", {"reason": reason}) >= 1,
+                f"the refusal by {reason}",
+            )
+        assert query.resources.follower.current is not None
+        assert query.resources.follower.current.version == first.version
+
+        real = writer.write(4, catalogue.shards(1), dim=16)
+        await writer.announce(real)
+        await query.wait_for_version(real.version)
+        assert query.resources.follower.current.version == real.version
+        assert query.metric("mess_query_snapshot_swaps_total") == 2
+
+    consumer = AIOKafkaConsumer(
+        stack.topics.tracks_failed,
+        bootstrap_servers=stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"{stack.topic_prefix}dlq-reader",
+    )
+    await consumer.start()
+    letters: list[TrackFailed] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(letters) < 3:
+                letters.append(TrackFailed.from_bytes((await consumer.getone()).value))
+    finally:
+        await consumer.stop()
+    assert [(f.stage, f.error_kind) for f in letters] == [("query", "bad_snapshot")] * 3
+    # Each forged event is dead-lettered once (the keys are the versions they claimed).
+    assert sorted(f.original_key or "" for f in letters) == ["000000000002", "000000000003", "9" * 128]

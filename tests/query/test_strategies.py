@@ -13,14 +13,17 @@ from mess.query.searcher import LoadedShard, SnapshotSearcher
 from mess.query.snapshots import SnapshotRefusedError, canary
 from mess.query.strategies import (
     Candidate,
+    ComplementaryStrategy,
+    Limits,
     ParameterError,
-    Strategy,
+    RawParams,
+    StrategyName,
+    build_strategy,
     complementary,
     diverse,
     exploration,
     hybrid,
     kmeans,
-    resolve_params,
     similarity,
 )
 
@@ -139,17 +142,44 @@ def test_hybrid_lets_shared_metadata_outrank_slightly_higher_similarity() -> Non
     ]
 
 
+LIMITS = Limits(max_pool=1000, max_work=1e9)
+
+
 def test_parameters_are_resolved_with_defaults_and_checked() -> None:
-    resolved = resolve_params(Strategy.diverse, 10, 1000)
-    assert resolved.as_dict() == {"pool": 50, "lambda": 0.5}
-    weights = resolve_params(Strategy.balanced, 5, 1000, weights="composer=0.5, era:0")
-    assert weights.weights == {"similarity": 0.6, "composer": 0.5, "era": 0.0, "form": 0.1}
+    resolved = build_strategy(StrategyName.diverse, 10, RawParams(), LIMITS, 16)
+    assert resolved.params() == {"pool": 50, "lambda": 0.5}
+    weights = build_strategy(StrategyName.balanced, 5, RawParams(weights="composer=0.5, era:0"), LIMITS, 16)
+    assert weights.params()["weights"] == {"similarity": 0.6, "composer": 0.5, "era": 0.0, "form": 0.1}
     with pytest.raises(ParameterError, match="applies to exploration"):
-        resolve_params(Strategy.diverse, 10, 1000, seed=3)
+        build_strategy(StrategyName.diverse, 10, RawParams(seed=3), LIMITS, 16)
     with pytest.raises(ParameterError, match="is not name:value"):
-        resolve_params(Strategy.balanced, 10, 1000, weights="composer")
+        build_strategy(StrategyName.balanced, 10, RawParams(weights="composer"), LIMITS, 16)
     with pytest.raises(ParameterError, match="at least one weight"):
-        resolve_params(Strategy.balanced, 10, 1000, weights="similarity:0,composer:0,era:0,form:0")
+        build_strategy(StrategyName.balanced, 10, RawParams(weights="similarity:0,composer:0,era:0,form:0"), LIMITS, 16)
+
+
+def test_float_spellings_of_one_value_give_one_set_of_parameters() -> None:
+    spellings = ["similarity:0.6", "similarity:0.600000000", "similarity:6e-1", "similarity:0.60000001"]
+    keys = {str(build_strategy(StrategyName.balanced, 5, RawParams(weights=w), LIMITS, 16).params()) for w in spellings}
+    assert len(keys) == 1
+    lambdas = {
+        build_strategy(StrategyName.diverse, 5, RawParams(lambda_=v), LIMITS, 16).params()["lambda"]
+        for v in (0.3, 0.30000000001, 0.2999999999, 3e-1)
+    }
+    assert lambdas == {0.3}
+
+
+def test_every_strategy_is_held_to_the_work_budget() -> None:
+    # k-means at k=100 over 1000 MERT-sized vectors: about 2.6e9 operations for one run.
+    with pytest.raises(ParameterError, match="lower pool or k"):
+        build_strategy(StrategyName.complementary, 100, RawParams(pool=1000), LIMITS, 768)
+    # Within budget, complementary buys only the restarts the budget pays for.
+    fitted = build_strategy(StrategyName.complementary, 40, RawParams(pool=500), LIMITS, 768)
+    assert isinstance(fitted, ComplementaryStrategy) and 1 <= fitted.restarts < 5
+    assert fitted.work(768) <= LIMITS.max_work
+    for name in StrategyName:
+        strategy = build_strategy(name, 10, RawParams(), LIMITS, 768)
+        assert strategy.work(768) <= LIMITS.max_work
 
 
 def _flat_shard(shard: int, ids: list[str], vectors: FloatMatrix) -> LoadedShard:

@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+from pydantic import ValidationError
 
 from mess.runtime.endpoints import StackSettings
 
@@ -25,3 +28,13 @@ def test_topics_and_servers_follow_the_environment(monkeypatch: pytest.MonkeyPat
     settings = StackSettings()
     assert settings.kafka_servers == ["k1:9092", "k2:9092"]
     assert settings.topics.tracks_added == "staging.mess.tracks.added.v1"
+
+
+def test_the_database_and_cache_urls_can_come_from_secret_files(tmp_path: Path) -> None:
+    (tmp_path / "dsn").write_text("postgresql://mess:s3cret@db.internal:5432/mess?sslmode=verify-full\n")
+    (tmp_path / "redis").write_text("rediss://:s3cret@cache.internal:6379/0\n")
+    settings = StackSettings(postgres_dsn_file=tmp_path / "dsn", redis_url_file=tmp_path / "redis")
+    assert settings.postgres_dsn == "postgresql://mess:s3cret@db.internal:5432/mess?sslmode=verify-full"
+    assert settings.redis_url == "rediss://:s3cret@cache.internal:6379/0"
+    with pytest.raises(ValidationError, match="MESS_POSTGRES_DSN_FILE cannot be read"):
+        StackSettings(postgres_dsn_file=tmp_path / "missing")

@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from mess.contracts.ids import TrackId
+from mess.contracts.sequences import PitchSequence
 from mess.contracts.vectors import Float32Vector
 
 Sha256Hex = str  # documented by the pattern on each field that carries one
@@ -119,6 +120,10 @@ class TrackEmbedded(Event):
     vector: Float32Vector
     duration_s: float | None = Field(default=None, ge=0)
     chunks: int | None = Field(default=None, ge=0)
+    # Added for version-aware similarity; None from embedders that predate it.
+    pitch_sequence: PitchSequence | None = Field(
+        default=None, description="the track's pitch-content sequence, aligned by the query service's second stage"
+    )
 
     @model_validator(mode="after")
     def _vector_matches_model(self) -> Self:
@@ -203,10 +208,15 @@ class SnapshotPublished(Event):
 class RecommendRequestSummary(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    track_id: str
+    track_id: str = Field(description="the reference track; for a search by several tracks, the first positive")
     k: int = Field(ge=1)
     strategy: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # Added by issue 18 (search by example); absent in events written before it, which were all "track".
+    query_kind: str = Field(
+        default="track", description="track (/recommend) or tracks (POST /search by positive and negative ids)"
+    )
+    filters: dict[str, Any] | None = Field(default=None, description="the canonical filters, when any were given")
 
 
 class RecommendedItem(BaseModel):

@@ -17,9 +17,24 @@ _UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
 TrackId = Annotated[str, StringConstraints(pattern=TRACK_ID_PATTERN)]
 
+# A dataset name is held to the id alphabet: it becomes a folder of the drop prefix and the first part
+# of every id of the dataset. It ends in a letter or digit, so no slug of an id ever trims it.
+DATASET_PATTERN = r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
+_DATASET_RE = re.compile(DATASET_PATTERN)
+
 
 def is_track_id(value: str) -> bool:
     return _TRACK_ID_RE.fullmatch(value) is not None
+
+
+def is_dataset_name(value: str) -> bool:
+    return _DATASET_RE.fullmatch(value) is not None
+
+
+def dataset_namespace(dataset: str) -> str:
+    """The prefix every id ``track_id_from_parts(dataset, ...)`` gives: a dataset name is already a slug
+    and short enough never to be cut, so its ids begin with it and a dash."""
+    return f"{dataset}-"
 
 
 def track_id_from_parts(*parts: str) -> str:

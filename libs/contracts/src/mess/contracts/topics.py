@@ -69,3 +69,10 @@ class Topics:
 
     def is_compacted(self, topic: str) -> bool:
         return topic.removeprefix(self.prefix) in COMPACTED
+
+
+#: Kafka header on every TrackAdded and TrackRemoved the ingest registry
+#: publishes: the registry's sequence number of the announcement (its outbox
+#: row id), larger for every later fact about the same track. Consumers order
+#: one track's facts across the two topics by it, never by ``occurred_at``.
+REGISTRY_SEQUENCE_HEADER = "mess-registry-sequence"

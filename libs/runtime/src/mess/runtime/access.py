@@ -13,6 +13,16 @@ keys are added and revoked without a restart. The change check is one
 path. ``os.stat`` follows symlinks, so a Kubernetes Secret volume, whose
 files are symlinks into a directory that the kubelet replaces in one rename,
 shows up as a new inode.
+
+A keys file that changed but cannot be applied (a typo, a key pasted instead
+of its digest, a refused key) leaves the keys loaded before in force: failing
+closed would lock every client out over one bad edit. But that keeps a key
+the edit meant to revoke, so it is never quiet: the failure is logged at
+ERROR when found and again every ``NAG_INTERVAL_S`` while it lasts, the gauge
+``mess_api_keys_file_applied`` is 0 (alert on it), the counter
+``mess_api_keys_file_rejected_total`` counts each rejected version, and
+``KeyStore.file_problem`` says why. A file that cannot be read at start-up
+stops the service instead.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from prometheus_client import Counter, Gauge
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 
@@ -41,6 +52,18 @@ LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"
 _LABEL = re.compile(LABEL_PATTERN)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _KEY_BYTES = 32
+# While a keys file on disk is not the one in force, the error is repeated this often.
+NAG_INTERVAL_S = 60.0
+
+KEYS_FILE_APPLIED = Gauge(
+    "mess_api_keys_file_applied",
+    "1 when the keys file on disk is the one in force; 0 when its last change could not be applied "
+    "(the keys loaded before are still accepted: a key meant to be revoked may be among them)",
+    ["store"],
+)
+KEYS_FILE_REJECTED = Counter(
+    "mess_api_keys_file_rejected_total", "changes of a keys file that could not be applied", ["store"]
+)
 
 
 class KeyConfigError(ValueError):
@@ -135,6 +158,8 @@ class KeyStore:
         self._clock = clock
         self._signature: _FileSignature | None = None
         self._next_check = 0.0
+        self._problem: str | None = None
+        self._next_nag = 0.0
         file_entries: tuple[KeyEntry, ...] = ()
         if file is not None:
             try:
@@ -147,7 +172,14 @@ class KeyStore:
         self._entries = self._fixed + file_entries
         if require_keys and not self._entries:
             raise KeyConfigError(f"{name}: no key is configured")
+        if file is not None:
+            KEYS_FILE_APPLIED.labels(name).set(1)
         log.info("%s: %d key(s) accepted: %s", name, len(self._entries), ", ".join(self.labels) or "none")
+
+    @property
+    def file_problem(self) -> str | None:
+        """Why the keys file on disk is not the one in force, or None when it is (or there is none)."""
+        return self._problem
 
     @property
     def labels(self) -> list[str]:
@@ -170,7 +202,8 @@ class KeyStore:
         """Re-read the keys file if it changed (checked at most every ``check_interval_s``); True when it did.
 
         A file that cannot be read or parsed leaves the keys loaded before in force (a half-written or
-        briefly missing file must not lock every client out) and is logged once per change of the file."""
+        briefly missing file must not lock every client out), and says so loudly: an ERROR now and every
+        ``NAG_INTERVAL_S`` while it lasts, ``mess_api_keys_file_applied`` 0 and ``file_problem`` set."""
         if self._file is None:
             return False
         now = self._clock()
@@ -181,16 +214,12 @@ class KeyStore:
             signature = _signature(self._file)
         except OSError as exc:
             if self._signature is not None:
-                log.error(
-                    "%s: %s is gone (%s); the %d key(s) loaded before stay in force",
-                    self._name,
-                    self._file,
-                    exc.__class__.__name__,
-                    len(self._entries),
-                )
+                self._reject(f"{self._file} is gone ({exc.__class__.__name__})", now)
             self._signature = None
+            self._nag(now)
             return False
         if signature == self._signature:
+            self._nag(now)
             return False
         self._signature = signature
         try:
@@ -198,8 +227,12 @@ class KeyStore:
             self._check_refused(file_entries)
         except (OSError, UnicodeDecodeError, KeyConfigError) as exc:
             reason = str(exc) if isinstance(exc, KeyConfigError) else exc.__class__.__name__
-            log.error("%s: %s not applied (%s); the keys loaded before stay in force", self._name, self._file, reason)
+            self._reject(f"{self._file} not applied ({reason})", now)
             return False
+        if self._problem is not None:
+            log.warning("%s: %s applied again; the earlier problem is over", self._name, self._file)
+        self._problem = None
+        KEYS_FILE_APPLIED.labels(self._name).set(1)
         self._entries = self._fixed + file_entries
         if not self._entries:
             log.warning("%s: %s holds no key now: every request that needs one is refused", self._name, self._file)
@@ -211,6 +244,24 @@ class KeyStore:
             ", ".join(self.labels) or "none",
         )
         return True
+
+    def _reject(self, problem: str, now: float) -> None:
+        self._problem = problem
+        KEYS_FILE_APPLIED.labels(self._name).set(0)
+        KEYS_FILE_REJECTED.labels(self._name).inc()
+        self._next_nag = now  # said at once
+        self._nag(now)
+
+    def _nag(self, now: float) -> None:
+        if self._problem is None or now < self._next_nag:
+            return
+        self._next_nag = now + NAG_INTERVAL_S
+        log.error(
+            "%s: %s; the %d key(s) loaded before stay in force, including any the change meant to revoke",
+            self._name,
+            self._problem,
+            len(self._entries),
+        )
 
     def _check_refused(self, entries: Iterable[KeyEntry]) -> None:
         for entry in entries:

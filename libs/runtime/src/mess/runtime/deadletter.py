@@ -8,6 +8,7 @@ import json
 
 from mess.contracts.events import FailureStage, TrackFailed
 from mess.contracts.ids import is_track_id
+from mess.runtime.kafka import Send, publish
 
 # Dead letters must fit in a broker message even when the poison was huge.
 MAX_PAYLOAD_CHARS = 64 * 1024
@@ -59,3 +60,10 @@ def dead_letter(
         original_payload=payload[:MAX_PAYLOAD_CHARS] if payload is not None else None,
         original_truncated=truncated,
     )
+
+
+async def send_dead_letter(send: Send, topic: str, letter: TrackFailed) -> None:
+    """The one way every stage sends a dead letter: a TrackFailed event, keyed and
+    headed like any other event, so the wire format is the same whoever sends it.
+    Raises when the broker did not take it; the caller then must not commit the poison."""
+    await publish(send, topic, letter)

@@ -14,11 +14,17 @@ import numpy.typing as npt
 import soundfile as sf
 import soxr
 
+from mess.contracts.limits import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from mess.contracts.storage import WaveformPeaks
 
 Mono = npt.NDArray[np.float32]
 
-_DECODE_BLOCK = 1 << 20
+# Interleaved samples read per block (4 MB of float32), whatever the channel
+# count: a block of frames is sized by samples, so 1024 channels cannot turn
+# one read into gigabytes.
+_DECODE_BLOCK_SAMPLES = 1 << 20
+# Mono samples per resampler call: the resampler's own buffers stay small.
+_RESAMPLE_BLOCK = 1 << 18
 
 
 class AudioRejectedError(ValueError):
@@ -32,10 +38,38 @@ class AudioRejectedError(ValueError):
 
 @dataclass(frozen=True)
 class AudioLimits:
+    """What one file may cost. Memory is bounded by samples, channels and rate,
+    never by seconds alone: a file's header chooses its rate, and 900 s at
+    655,350 Hz is 2.4 GB of float32 before resampling."""
+
     min_seconds: float = 1.0
     max_seconds: float = 1800.0
     # Peak below this (about -80 dBFS) is treated as silence.
     silence_peak: float = 1e-4
+    # Outside these no real recording lies; such a header is a decode error.
+    # The bounds are ingest's too (mess.contracts.limits), so what ingest accepts the embedder takes.
+    min_sample_rate: int = MIN_SAMPLE_RATE
+    max_sample_rate: int = MAX_SAMPLE_RATE
+    max_channels: int = MAX_CHANNELS
+    # Mono samples kept at the file's own rate (900 s at 48 kHz: 173 MB of
+    # float32). Longer audio is cut here, like audio over max_seconds.
+    max_samples: int = 900 * 48_000
+
+    def check_header(self, sample_rate: int, channels: int) -> None:
+        """Raise ``AudioRejectedError("decode", ...)`` for a rate or channel count no audio has."""
+        if not self.min_sample_rate <= sample_rate <= self.max_sample_rate:
+            raise AudioRejectedError(
+                "decode",
+                f"implausible sample rate {sample_rate} Hz; "
+                f"accepted: {self.min_sample_rate} to {self.max_sample_rate} Hz",
+            )
+        if not 1 <= channels <= self.max_channels:
+            raise AudioRejectedError(
+                "decode", f"implausible channel count {channels}; accepted: 1 to {self.max_channels}"
+            )
+
+    def max_frames(self, sample_rate: int) -> int:
+        return max(1, min(int(self.max_seconds * sample_rate), self.max_samples))
 
 
 @dataclass(frozen=True)
@@ -53,9 +87,39 @@ class DecodedAudio:
         return float(self.samples.shape[0] / self.sample_rate)
 
 
+def _read_mono(handle: sf.SoundFile, channels: int, max_frames: int) -> Mono:
+    """Up to ``max_frames + 1`` frames mixed to mono, block by block, into one growing buffer.
+
+    The buffer starts at what the header declares (capped), so a short file
+    costs little, and grows by doubling (still capped) when the header
+    understated the length; no list of blocks is concatenated at the end,
+    which would hold the audio twice.
+    """
+    cap = max_frames + 1
+    declared = int(handle.frames) if handle.frames and handle.frames > 0 else 0
+    out = np.empty(min(max(declared, 1), cap), dtype=np.float32)
+    filled = 0
+    block_frames = max(1, _DECODE_BLOCK_SAMPLES // channels)
+    mix = np.full(channels, 1.0 / channels, dtype=np.float32)
+    while filled < cap:
+        block = handle.read(frames=min(block_frames, cap - filled), dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        # A matrix-vector product: numpy's mean over a 2-wide axis is several times slower.
+        mono = block @ mix if channels > 1 else block[:, 0]
+        if filled + mono.shape[0] > out.shape[0]:
+            grown = np.empty(min(max(2 * out.shape[0], filled + mono.shape[0]), cap), dtype=np.float32)
+            grown[:filled] = out[:filled]
+            out = grown
+        out[filled : filled + mono.shape[0]] = mono
+        filled += mono.shape[0]
+    return out[:filled]
+
+
 def decode(data: bytes, limits: AudioLimits) -> DecodedAudio:
     """Decode any format libsndfile reads (WAV 8/16/24/32-bit, FLAC, OGG, MP3, AIFF, ...)
-    and mix down to mono. Raises ``AudioRejectedError`` for undecodable, silent or too short audio."""
+    and mix down to mono. Raises ``AudioRejectedError`` for undecodable, silent or too short audio,
+    and for a header whose rate or channel count no real recording has."""
     if not data:
         raise AudioRejectedError("decode", "the audio object is empty (0 bytes)")
     try:
@@ -63,28 +127,17 @@ def decode(data: bytes, limits: AudioLimits) -> DecodedAudio:
             sample_rate = int(handle.samplerate)
             channels = int(handle.channels)
             subtype = str(handle.subtype)
-            if sample_rate <= 0 or channels <= 0:
-                raise AudioRejectedError("decode", f"invalid header: {sample_rate} Hz, {channels} channels")
-            # Over-long audio is embedded from its first max_seconds: the
-            # vector is an average anyway, and memory stays bounded.
-            max_frames = int(limits.max_seconds * sample_rate)
-            pieces: list[Mono] = []
-            mix = np.full(channels, 1.0 / channels, dtype=np.float32)
-            remaining = max_frames + 1
-            while remaining > 0:
-                # Mixed to mono block by block so a long multichannel file
-                # never sits in memory at full width.
-                block = handle.read(frames=min(_DECODE_BLOCK, remaining), dtype="float32", always_2d=True)
-                if block.shape[0] == 0:
-                    break
-                # A matrix-vector product: numpy's mean over a 2-wide axis is several times slower.
-                pieces.append(block @ mix if channels > 1 else block[:, 0].copy())
-                remaining -= block.shape[0]
+            # Checked before a single frame is read: the rate sets how much
+            # memory the seconds allowed would cost.
+            limits.check_header(sample_rate, channels)
+            # Over-long audio is embedded from its start: the vector is an
+            # average anyway, and memory stays bounded.
+            max_frames = limits.max_frames(sample_rate)
+            mono = _read_mono(handle, channels, max_frames)
     except AudioRejectedError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         raise AudioRejectedError("decode", f"cannot decode audio: {exc}") from exc
-    mono = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     truncated = mono.shape[0] > max_frames
     mono = np.ascontiguousarray(mono[:max_frames], dtype=np.float32)
     if not np.all(np.isfinite(mono)):
@@ -102,11 +155,31 @@ def decode(data: bytes, limits: AudioLimits) -> DecodedAudio:
 
 
 def resample(samples: Mono, from_rate: int, to_rate: int) -> Mono:
-    """soxr's high-quality resampler; deterministic, and a no-op at equal rates."""
+    """soxr's high-quality resampler, fed in blocks; deterministic, and a no-op at equal rates.
+
+    Streaming gives the same samples as one call (soxr keeps its state
+    between blocks) while the resampler's working memory stays that of one
+    block; the output goes into one array sized up front.
+    """
     if from_rate == to_rate:
         return samples
-    out = soxr.resample(samples, from_rate, to_rate, quality="HQ")
-    return np.ascontiguousarray(out, dtype=np.float32)
+    stream = soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32", quality="HQ")
+    expected = math.ceil(samples.shape[0] * to_rate / from_rate) + 16
+    out = np.empty(expected, dtype=np.float32)
+    filled = 0
+    total = samples.shape[0]
+    start = 0
+    while True:
+        end = min(start + _RESAMPLE_BLOCK, total)
+        piece = stream.resample_chunk(samples[start:end], last=end >= total)
+        if filled + piece.shape[0] > out.shape[0]:  # never expected; grow rather than fail
+            out = np.concatenate([out[:filled], np.empty(piece.shape[0], dtype=np.float32)])
+        out[filled : filled + piece.shape[0]] = piece
+        filled += piece.shape[0]
+        if end >= total:
+            break
+        start = end
+    return np.ascontiguousarray(out[:filled], dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,26 @@ until it has ``batch_size`` of them or the oldest has waited ``max_wait_s``,
 runs one forward in the model's own thread (never on the event loop, so
 Kafka heartbeats and HTTP keep flowing), and hands each track its rows back.
 A long track simply spans several batches.
+
+Two lanes share the model. ``track`` is the Kafka work; ``clip`` is search by
+example (``POST /internal/embed``), where a listener waits on the answer.
+While tracks wait, clips take at most ``clip_share`` of a batch (and at least
+one row), and they take it first: a clip is never stuck behind a backlog of
+tracks, and however many clips arrive the tracks keep the rest of every
+forward. With no track waiting, clips may fill whole batches. Clips are
+bounded upstream too (a fixed number in flight), so the lane cannot grow
+without end.
 """
 
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +36,15 @@ from mess.embedder.backends.base import EmbeddingBackend
 
 log = logging.getLogger(__name__)
 
+Lane = Literal["track", "clip"]
+
 
 @dataclass
 class _Request:
     chunks: Chunks
     future: "asyncio.Future[npt.NDArray[np.float32]]"
     result: npt.NDArray[np.float32]
+    lane: Lane = "track"
     next_row: int = 0
     done_rows: int = 0
     enqueued_at: float = field(default_factory=time.monotonic)
@@ -41,11 +55,20 @@ class _Request:
 
 
 class ChunkBatcher:
-    def __init__(self, backend: EmbeddingBackend, executor: Executor, batch_size: int, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        backend: EmbeddingBackend,
+        executor: Executor,
+        batch_size: int,
+        max_wait_s: float,
+        clip_share: float = 0.25,
+    ) -> None:
         self.backend = backend
         self.executor = executor
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
+        # Rows of a batch clips may take while tracks wait: at least one, so clips always move.
+        self.clip_rows = max(1, math.floor(batch_size * clip_share))
         self._backlog: deque[_Request] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -68,15 +91,16 @@ class ChunkBatcher:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def embed(self, chunks: Chunks) -> npt.NDArray[np.float32]:
-        """(chunks, dim) vectors for one track's chunks, in order."""
+    async def embed(self, chunks: Chunks, lane: Lane = "track") -> npt.NDArray[np.float32]:
+        """(chunks, dim) vectors for one track's (or clip's) chunks, in order."""
         if not self.running:
             raise RuntimeError("the chunk batcher is not running")
         loop = asyncio.get_running_loop()
         request = _Request(
             chunks=chunks,
             future=loop.create_future(),
-            result=np.zeros((chunks.count, self.backend.dim), dtype=np.float32),
+            result=np.zeros((chunks.count, self.backend.chunk_dim), dtype=np.float32),
+            lane=lane,
         )
         if chunks.count == 0:
             return request.result
@@ -104,21 +128,34 @@ class ChunkBatcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
             await self._run_one_batch()
 
-    async def _run_one_batch(self) -> None:
-        # Take rows from the oldest tracks first.
+    def _plan_batch(self) -> list[tuple[_Request, int, int]]:
+        """(request, first row, end row) of the next batch: clips' share first, then tracks, then clips again
+        when tracks left room; within a lane, the oldest first."""
         parts: list[tuple[_Request, int, int]] = []
         taken = 0
-        for request in self._backlog:
-            if taken >= self.batch_size:
-                break
-            rows = min(request.waiting_rows, self.batch_size - taken)
-            if rows <= 0:
-                continue
-            parts.append((request, request.next_row, request.next_row + rows))
-            request.next_row += rows
-            taken += rows
-        while self._backlog and self._backlog[0].waiting_rows == 0:
-            self._backlog.popleft()
+
+        def take(lane: Lane, limit: int) -> None:
+            nonlocal taken
+            for request in self._backlog:
+                if taken >= limit:
+                    return
+                rows = min(request.waiting_rows, limit - taken)
+                # A future already done is a caller that went away (a clip whose client hung up).
+                if request.lane != lane or rows <= 0 or request.future.done():
+                    continue
+                parts.append((request, request.next_row, request.next_row + rows))
+                request.next_row += rows
+                taken += rows
+
+        tracks_waiting = any(r.lane == "track" and r.waiting_rows for r in self._backlog)
+        take("clip", self.clip_rows if tracks_waiting else self.batch_size)
+        take("track", self.batch_size)
+        take("clip", self.batch_size)
+        self._backlog = deque(r for r in self._backlog if r.waiting_rows)
+        return parts
+
+    async def _run_one_batch(self) -> None:
+        parts = self._plan_batch()
         if not parts:
             return
         audio = np.concatenate([r.chunks.audio[a:b] for r, a, b in parts])

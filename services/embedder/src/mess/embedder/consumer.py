@@ -39,11 +39,14 @@ from pydantic import ValidationError
 
 from mess.contracts.events import TRANSIENT_EXHAUSTED, Event, TrackAdded, TrackEmbedded, TrackFailed
 from mess.embedder import metrics
+from mess.embedder.attempts import CRASH_LOOP, AttemptLedger, RecordKey
 from mess.embedder.audio import AudioRejectedError
 from mess.embedder.config import Settings
 from mess.embedder.embedding import TrackEmbedder
-from mess.embedder.storage import AudioStore, Backoff, RetriesExhaustedError
+from mess.embedder.storage import AudioStore
+from mess.runtime import kafka
 from mess.runtime.deadletter import dead_letter
+from mess.runtime.retry import Backoff, RetriesExhaustedError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class AddedTrackHandler:
         publish: Callable[[Event, str], Awaitable[None]],
         store: AudioStore,
         embedder: TrackEmbedder,
+        attempts: AttemptLedger | None = None,
     ) -> None:
         self.settings = settings
         self.topics = settings.stack.topics
@@ -90,6 +94,8 @@ class AddedTrackHandler:
         self.embedder = embedder
         self._io_slots = asyncio.Semaphore(settings.track_concurrency)
         self.records_in_flight = 0  # of the poll batch being settled; 0 between batches
+        # Notes records in flight, so one that kills the process is dead-lettered, not redelivered for ever.
+        self.attempts = attempts or AttemptLedger(settings.attempts_path, settings.max_crashes)
 
     async def handle_batch(self, message: KafkaMessage) -> None:
         records: tuple[Record, ...] = tuple(message.raw_message)
@@ -103,7 +109,13 @@ class AddedTrackHandler:
         started = time.monotonic()
         metrics.POLL_TRACKS.observe(len(records))
         try:
-            await asyncio.gather(*(self.settle(record) for record in records))
+            if self.attempts.any_suspect([_record_key(r) for r in records]):
+                # The process died during this batch before: one record at a time,
+                # so a further death is counted against the record that caused it.
+                for record in records:
+                    await self.settle(record)
+            else:
+                await asyncio.gather(*(self.settle(record) for record in records))
         except asyncio.CancelledError:
             # Only a shutdown that outlived shutdown_grace_s cancels a batch.
             # Nothing of it is committed, so the group redelivers all of it.
@@ -137,6 +149,19 @@ class AddedTrackHandler:
 
     async def settle(self, record: Record) -> None:
         """Publish this record's TrackEmbedded or TrackFailed; raise only when the broker refuses both."""
+        key = _record_key(record)
+        crashes = self.attempts.begin(key)
+        try:
+            if crashes >= self.attempts.max_crashes:
+                reason = f"the embedder process died {crashes} times while this record was in flight"
+                await self._dead_letter(record, CRASH_LOOP, reason, _track_id_of(record), attempts=crashes)
+            else:
+                await self._settle(record)
+        finally:
+            # Reached on success and on any failure Python sees; only a process death skips it.
+            self.attempts.end(key)
+
+    async def _settle(self, record: Record) -> None:
         try:
             event = TrackAdded.from_bytes(record.value or b"")
         except (ValidationError, ValueError) as exc:
@@ -164,6 +189,7 @@ class AddedTrackHandler:
             vector=embedded.vector,
             duration_s=round(embedded.duration_s, 6),
             chunks=embedded.chunks,
+            pitch_sequence=embedded.pitch_sequence,
         )
         await self.publish(out, self.topics.tracks_embedded)
         metrics.TRACKS.labels(outcome="embedded").inc()
@@ -191,6 +217,17 @@ class AddedTrackHandler:
         metrics.FAILURES.labels(kind=kind).inc()
 
 
+def _record_key(record: Record) -> RecordKey:
+    return RecordKey(record.topic, record.partition, record.offset)
+
+
+def _track_id_of(record: Record) -> str | None:
+    try:
+        return TrackAdded.from_bytes(record.value or b"").track_id
+    except (ValidationError, ValueError):
+        return None
+
+
 async def _update_lag(consumer: AIOKafkaConsumer) -> None:
     for partition in consumer.assignment():
         highwater = consumer.highwater(partition)
@@ -203,24 +240,18 @@ async def _update_lag(consumer: AIOKafkaConsumer) -> None:
             )
 
 
+def _count_retry(operation: str) -> None:
+    metrics.RETRIES.labels(operation="publish").inc()
+
+
 def publisher(broker: KafkaBroker, backoff: Backoff) -> Callable[[Event, str], Awaitable[None]]:
     """Send one event keyed by its ``key()``, waiting for the broker's ack; retry with backoff."""
 
     async def publish(event: Event, topic: str) -> None:
-        body = event.to_bytes()
-        key = event.key().encode("utf-8")
-        headers = {"content-type": "application/json", "event-type": event.event_type}
-        for attempt in range(backoff.attempts):
-            try:
-                await broker.publish(body, topic=topic, key=key, headers=headers)
-                return
-            except Exception as exc:  # any send failure is retried, then the batch is redelivered
-                if attempt + 1 >= backoff.attempts:
-                    raise PublishFailedError(f"publishing {event.event_type} to {topic} failed: {exc}") from exc
-                metrics.RETRIES.labels(operation="publish").inc()
-                delay = backoff.delay(attempt)
-                log.warning("publishing to %s failed (%s); retry in %.2f s", topic, exc, delay)
-                await asyncio.sleep(delay)
+        try:
+            await kafka.publish(kafka.via_broker(broker), topic, event, backoff=backoff, on_retry=_count_retry)
+        except Exception as exc:  # any send failure, after the retries: the batch is redelivered
+            raise PublishFailedError(f"publishing {event.event_type} to {topic} failed: {exc}") from exc
 
     return publish
 
@@ -251,10 +282,9 @@ def _decodes(value: bytes) -> bool:
 
 
 def build_broker(settings: Settings) -> KafkaBroker:
-    return KafkaBroker(
-        settings.stack.kafka_servers,
+    return kafka.broker(
+        settings.stack,
         client_id="mess-embedder",
-        acks="all",
         # broker.stop() waits this long for the poll batch in hand (see Shutdown above).
         graceful_timeout=batch_drain_s(settings),
         # Topics are provisioned with their partitions and compaction by

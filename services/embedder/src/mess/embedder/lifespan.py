@@ -25,13 +25,14 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
 from mess.embedder import metrics
-from mess.embedder.audio import AudioLimits
 from mess.embedder.backends import EmbeddingBackend, ModelLoadError, build_backend
 from mess.embedder.batching import ChunkBatcher
+from mess.embedder.clips import ClipGate
 from mess.embedder.config import Settings
 from mess.embedder.consumer import AddedTrackHandler, batch_drain_s, build_broker, publisher, subscribe
 from mess.embedder.embedding import ChunkPlan, TrackEmbedder
-from mess.embedder.storage import CLIENT_CONFIG, AudioStore, Backoff
+from mess.embedder.storage import CLIENT_CONFIG, AudioStore
+from mess.runtime.retry import Backoff
 from mess.runtime.termination import Termination
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class EmbedderResources:
     embedder: TrackEmbedder
     batcher: ChunkBatcher
     broker: KafkaBroker
+    clips: ClipGate
 
 
 def chunk_plan(settings: Settings, backend: EmbeddingBackend) -> ChunkPlan:
@@ -106,7 +108,15 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
             decode_threads = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
             stack.callback(decode_threads.shutdown, wait=True, cancel_futures=True)
 
-            batcher = ChunkBatcher(backend, model_thread, settings.batch_size, settings.batch_wait_ms / 1000)
+            # The internal token is read before anything heavy starts: a bad token file stops the start.
+            clips = ClipGate(settings.clip_token(), settings.clip_concurrency, settings.clip_max_bytes)
+            batcher = ChunkBatcher(
+                backend,
+                model_thread,
+                settings.batch_size,
+                settings.batch_wait_ms / 1000,
+                clip_share=settings.clip_batch_share,
+            )
             await batcher.start()
             stack.push_async_callback(batcher.stop)
 
@@ -115,8 +125,9 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
                 batcher,
                 decode_threads,
                 plan,
-                AudioLimits(min_seconds=settings.min_audio_seconds, max_seconds=settings.max_audio_seconds),
+                settings.audio_limits(),
                 waveform_pairs=settings.waveform_pairs,
+                clip_limits=settings.clip_limits(),
             )
             identity = embedder.identity
             metrics.MODEL.labels(
@@ -150,7 +161,9 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMana
                 settings.batch_size,
                 settings.batch_wait_ms,
             )
-            app.state.resources = EmbedderResources(backend=backend, embedder=embedder, batcher=batcher, broker=broker)
+            app.state.resources = EmbedderResources(
+                backend=backend, embedder=embedder, batcher=batcher, broker=broker, clips=clips
+            )
             yield
             app.state.resources = None
 

@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI
 
+from mess.embedder import clips
 from mess.embedder.config import Settings
 from mess.embedder.lifespan import lifespan
 from mess.embedder.routes import readiness, router
@@ -13,4 +14,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="mess embedder", lifespan=lifespan(settings))
     app.include_router(health_router(readiness(app)))
     app.include_router(router)
+    app.include_router(clips.router)
     return app

@@ -34,3 +34,8 @@ LAG = Gauge("mess_embedder_consumer_lag", "messages behind the end of the partit
 MODEL = Gauge(
     "mess_embedder_model_info", "the loaded model (value 1)", ["name", "revision", "dim", "pooling", "device"]
 )
+CLIPS = Counter(
+    "mess_embedder_clips_total",
+    "POST /internal/embed answers (search by example), by outcome: embedded or the refusal's kind",
+    ["outcome"],
+)

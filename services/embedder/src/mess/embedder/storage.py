@@ -6,11 +6,8 @@ switched off so there is one retry policy, this one. Permanent failures
 (no such key or bucket, access denied, too large) are not retried.
 """
 
-import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
@@ -20,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mess.contracts.storage import WaveformPeaks, split_s3_uri, waveform_key
 from mess.embedder import metrics
 from mess.embedder.audio import AudioRejectedError
+from mess.runtime.retry import Backoff, retrying
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -39,26 +37,6 @@ CLIENT_CONFIG = AioConfig(
 )
 
 
-class RetriesExhaustedError(RuntimeError):
-    """A transient error outlived every retry."""
-
-    def __init__(self, operation: str, attempts: int, last: BaseException) -> None:
-        super().__init__(f"{operation} failed {attempts} times; last error: {type(last).__name__}: {last}")
-        self.attempts = attempts
-
-
-@dataclass(frozen=True)
-class Backoff:
-    attempts: int = 5
-    base_s: float = 0.5
-    max_s: float = 10.0
-
-    def delay(self, attempt: int) -> float:
-        """Full jitter: uniform up to base * 2**attempt, capped."""
-        ceiling: float = min(self.max_s, self.base_s * (2**attempt))
-        return random.uniform(ceiling / 2, ceiling)
-
-
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -70,22 +48,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 async def with_retries(operation: str, call: Callable[[], Awaitable[T]], backoff: Backoff) -> T:
-    """Run ``call``; retry transient errors with backoff, raise RetriesExhaustedError at the end."""
-    for attempt in range(backoff.attempts):
-        try:
-            return await call()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if attempt + 1 >= backoff.attempts:
-                raise RetriesExhaustedError(operation, backoff.attempts, exc) from exc
-            delay = backoff.delay(attempt)
-            metrics.RETRIES.labels(operation=operation).inc()
-            log.warning(
-                "%s failed (%s: %s); retry %d in %.2f s", operation, type(exc).__name__, exc, attempt + 1, delay
-            )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    """Run ``call``; retry transient S3 errors with backoff, raise RetriesExhaustedError at the end."""
+    return await retrying(operation, call, backoff, is_transient, _count_retry)
+
+
+def _count_retry(operation: str) -> None:
+    metrics.RETRIES.labels(operation=operation).inc()
 
 
 class AudioStore:

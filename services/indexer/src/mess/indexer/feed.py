@@ -1,4 +1,4 @@
-"""The two topics the indexer reads, positioned by the snapshot, not by Kafka.
+"""The topics the indexer reads, positioned by the snapshot, not by Kafka.
 
 Plain aiokafka rather than a faststream subscriber: the indexer assigns every
 partition itself and seeks each to the offset its snapshot recorded (a group
@@ -12,6 +12,7 @@ at the next restart.
 """
 
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,6 +37,8 @@ class Record(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 class MissingTopicError(RuntimeError):
@@ -85,13 +88,24 @@ class TrackEventFeed:
             self.consumer.seek(tp, position)
             self._positions[tp] = position
 
-    async def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
-        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    def partitions_of(self, topics: Iterable[str]) -> list[TopicPartition]:
+        """The positioned partitions of ``topics`` (after ``seek``)."""
+        wanted = set(topics)
+        return [tp for tp in self._positions if tp.topic in wanted]
+
+    async def poll(self, timeout_ms: int, max_records: int, partitions: Sequence[TopicPartition] = ()) -> list[Record]:
+        """The next records of every partition, or only of ``partitions``
+        (records of the others stay buffered for a later poll)."""
+        batches = await self.consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
         records: list[Record] = []
         for tp, batch in batches.items():
             # A record below our position was fetched before a seek; skip it.
             records.extend(r for r in batch if r.offset >= self._positions.get(tp, 0))
         return records
+
+    def position(self, tp: TopicPartition) -> int:
+        """The next offset of ``tp`` to apply."""
+        return self._positions.get(tp, 0)
 
     def advance(self, record: Record) -> None:
         """Count ``record`` as applied: the next offset to read follows it."""
@@ -106,7 +120,7 @@ class TrackEventFeed:
     async def end_offsets(self) -> dict[TopicPartition, int]:
         return dict(await self.consumer.end_offsets(list(self._positions)))
 
-    async def rewind_lost_logs(self) -> list[TopicPartition]:
+    async def rewind_lost_logs(self, partitions: Sequence[TopicPartition] = ()) -> list[TopicPartition]:
         """Partitions whose log now ends before our position go back to their beginning.
 
         Kafka answers a fetch past the end with OFFSET_OUT_OF_RANGE and the
@@ -116,11 +130,13 @@ class TrackEventFeed:
         so every event published meanwhile would be skipped for good. Events
         are idempotent: reading the new log from its start is always safe.
         """
-        if not self._positions:
+        checked = list(partitions) or list(self._positions)
+        if not checked:
             return []
-        ends = await self.consumer.end_offsets(list(self._positions))
+        ends = await self.consumer.end_offsets(checked)
         rewound: list[TopicPartition] = []
-        for tp, mine in self._positions.items():
+        for tp in checked:
+            mine = self._positions[tp]
             end = ends.get(tp)
             if end is not None and end < mine:
                 log.warning(
@@ -138,11 +154,15 @@ class TrackEventFeed:
                 self._positions[tp] = beginnings[tp]
         return rewound
 
-    async def skip_gaps(self) -> None:
+    async def skip_gaps(self, limits: dict[TopicPartition, int] | None = None) -> None:
         """After an empty poll, move each position up to the consumer's: offsets
-        between them belong to records compaction removed, nothing to apply."""
+        between them belong to records compaction removed, nothing to apply.
+        ``limits`` caps a partition's position (records past it were fetched
+        but deliberately left unapplied)."""
         for tp, mine in list(self._positions.items()):
             position = await self.consumer.position(tp)
+            if limits is not None and tp in limits:
+                position = min(position, limits[tp])
             if position > mine:
                 self._positions[tp] = position
 

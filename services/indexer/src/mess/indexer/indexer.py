@@ -5,10 +5,10 @@ publishes the known-empty snapshot; then seeks the feed to the snapshot's
 offsets and re-announces it (a SnapshotPublished lost to a crash right after
 LATEST moved is so sent again; readers treat a repeat as a no-op).
 
-The loop applies each Kafka batch to ``TrackVectors`` and, after
-``snapshot_every_changes`` changes or ``snapshot_interval_s`` after the
-first pending one, captures the dirty shards and publishes a snapshot in a
-worker thread while consumption goes on. Only one publish runs at a time; a
+The loop applies each Kafka batch to ``TrackVectors`` (``feed_loop``) and,
+when the ``schedule`` says a snapshot is due, captures the dirty shards and
+hands them to the ``publisher``, which builds and uploads in a worker thread
+while consumption goes on. Only one publish runs at a time; a
 failed one marks its shards dirty again and is retried. When LATEST moves
 under it (a rebuild published), the indexer drops its state and adopts the
 new snapshot and its offsets.
@@ -24,27 +24,20 @@ publish lease free.
 """
 
 import asyncio
-import contextlib
-import functools
 import logging
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
 
-import boto3
 import faiss
-import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mess.contracts.events import SnapshotCounts, SnapshotPublished
 from mess.indexer.config import Settings
-from mess.indexer.decoding import Malformed, Removal, decode
-from mess.indexer.feed import Record, TrackEventFeed
+from mess.indexer.feed import TrackEventFeed
+from mess.indexer.feed_loop import FeedLoop
 from mess.indexer.metrics import IndexerMetrics
+from mess.indexer.publisher import SnapshotPublisher, s3_client
+from mess.indexer.schedule import SnapshotSchedule
 from mess.indexer.shard_index import check_factory, factory_fits
 from mess.indexer.snapshot_store import (
     LatestMovedError,
@@ -53,83 +46,11 @@ from mess.indexer.snapshot_store import (
     SnapshotStore,
     StoredManifest,
 )
-from mess.indexer.snapshots import (
-    BuildOptions,
-    Checkpoint,
-    PublishedSnapshot,
-    StepHook,
-    load_snapshot,
-    publish_snapshot,
-)
-from mess.indexer.track_vectors import ModelGuard, Outcome, TrackVectors
-from mess.runtime.deadletter import dead_letter
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+from mess.indexer.snapshots import Checkpoint, StepHook, load_snapshot
+from mess.indexer.track_vectors import ModelGuard, TrackVectors
+from mess.runtime import kafka
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-def build_options(settings: Settings) -> BuildOptions:
-    return BuildOptions(
-        flat_threshold=settings.flat_threshold,
-        approximate_index=settings.approximate_index,
-        ef_construction=settings.hnsw_ef_construction,
-        tuning_recall=settings.tuning_recall,
-    )
-
-
-def s3_client(settings: Settings) -> "S3Client":
-    kwargs: dict[str, Any] = settings.stack.s3_client_kwargs()
-    return boto3.client("s3", **kwargs)
-
-
-def snapshot_event(store: SnapshotStore, published: StoredManifest, rebuilt_shards: int) -> SnapshotPublished:
-    manifest = published.manifest
-    return SnapshotPublished(
-        version=manifest.version,
-        manifest_uri=store.manifest_uri(manifest.version),
-        counts=SnapshotCounts(
-            vectors=manifest.vector_count, shards=manifest.shard_count, rebuilt_shards=rebuilt_shards
-        ),
-        model=manifest.model,
-    )
-
-
-async def in_daemon_thread(work: Callable[[], T], name: str) -> T:
-    """Run blocking ``work`` in a thread of its own, like ``asyncio.to_thread``,
-    except that the thread is a daemon: a snapshot publish that outlives the
-    shutdown grace does not keep the process from exiting (it ends as a kill
-    would end it, which the publish order makes safe)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():  # the waiter may have given up (cancelled) meanwhile
-            outcome()
-
-    def run() -> None:
-        try:
-            result = work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, as to_thread does
-            error = exc
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await future
-
-
-@dataclass
-class _InFlight:
-    task: "asyncio.Task[PublishedSnapshot]"
-    shards: list[int]
-    changes: int
 
 
 class Indexer:
@@ -144,18 +65,15 @@ class Indexer:
         self.metrics = metrics or IndexerMetrics()
         self.topics = settings.stack.topics
         self._step_hook = step_hook
-        self._options = build_options(settings)
-        self._store: SnapshotStore | None = None
+        self.schedule = SnapshotSchedule(settings)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._feed: TrackEventFeed | None = None
+        self._loop: FeedLoop | None = None
+        self._publisher: SnapshotPublisher | None = None
         self.vectors: TrackVectors | None = None
         self.base: StoredManifest | None = None
         self.latest: LatestPointer | None = None
-        self._pending = 0
-        self._first_pending_at: float | None = None
-        self._in_flight: _InFlight | None = None
-        self._retry_at = 0.0
         self._next_latest_check = 0.0
         self._stopping = asyncio.Event()
         self.consuming = False
@@ -168,23 +86,32 @@ class Indexer:
         if self.settings.faiss_threads:
             faiss.omp_set_num_threads(self.settings.faiss_threads)
         stack = self.settings.stack
-        self._store = SnapshotStore(await asyncio.to_thread(s3_client, self.settings), stack.bucket)
-        self._producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+        store = SnapshotStore(await asyncio.to_thread(s3_client, self.settings), stack.bucket)
+        self._producer = kafka.producer(stack, client_id="mess-indexer")
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=stack.kafka_bootstrap,
+        self._consumer = kafka.consumer(
+            stack,
+            client_id="mess-indexer",
             group_id=self.settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
         await self._consumer.start()
-        self._feed = TrackEventFeed(self._consumer, [self.topics.tracks_embedded, self.topics.tracks_removed])
-        latest = await asyncio.to_thread(self.store.read_latest)
+        self._feed = TrackEventFeed(
+            self._consumer, [self.topics.tracks_embedded, self.topics.tracks_removed, self.topics.tracks_added]
+        )
+        self._loop = FeedLoop(
+            self.topics, self._feed, self._producer, self.metrics, self.schedule, self.settings.poll_max_records
+        )
+        self._publisher = SnapshotPublisher(
+            self.settings, self.metrics, store, self._producer, self._feed.commit, self._step_hook
+        )
+        latest = await asyncio.to_thread(store.read_latest)
         if latest is None:
-            latest = await self._publish_known_empty()
+            latest = await self.publisher.publish_known_empty()
         await self._load(latest)
         if self.base is not None:
-            await self._announce(self.base, rebuilt_shards=0)
+            await self.publisher.announce(self.base, rebuilt_shards=0)
         self.consuming = True
 
     def request_stop(self) -> None:
@@ -224,33 +151,30 @@ class Indexer:
     async def _wait_for_publish(self, deadline: float) -> bool:
         """Let a snapshot being written complete (until ``deadline``) and take in
         its outcome; False when it is still running."""
-        in_flight = self._in_flight
-        if in_flight is not None:
-            await asyncio.wait({in_flight.task}, timeout=max(0.0, deadline - time.monotonic()))
-            if not in_flight.task.done():
-                log.error(
-                    "the snapshot being published did not finish in the shutdown grace; it is abandoned, and a "
-                    "restart replays from LATEST (the lease it holds lapses after %.0f s)",
-                    self.settings.publish_lease_s,
-                )
-                return False
+        if self._publisher is not None and not await self.publisher.wait(deadline):
+            log.error(
+                "the snapshot being published did not finish in the shutdown grace; it is abandoned, and a "
+                "restart replays from LATEST (the lease it holds lapses after %.0f s)",
+                self.settings.publish_lease_s,
+            )
+            return False
         await self._after_publish()
         return True
 
     async def _publish_final_snapshot(self, deadline: float) -> None:
         """Publish the changes applied since the last snapshot, retrying (a held
         lease, a failed upload) while the grace lasts."""
-        while self._pending:
+        while self.schedule.pending:
             if self.vectors is None or self.vectors.model is None:
-                log.info("%d pending tombstones of never-indexed tracks wait for the first vector", self._pending)
+                log.info("%d pending facts of never-indexed tracks wait for the first vector", self.schedule.pending)
                 return
             if time.monotonic() >= deadline:
-                log.error("no time left for a final snapshot; a restart replays %d changes", self._pending)
+                log.error("no time left for a final snapshot; a restart replays %d changes", self.schedule.pending)
                 return
             self._begin_publish()
             if not await self._wait_for_publish(deadline):
                 return
-            if self._pending == 0 and self.latest is not None:
+            if self.schedule.pending == 0 and self.latest is not None:
                 log.info("final snapshot %s published; nothing is left to replay", self.latest.version)
                 return
             if self.latest_moved:
@@ -261,10 +185,8 @@ class Indexer:
     async def close(self) -> None:
         """After ``run`` returned: an in-flight publish gets a short while to
         land (it is crash-safe either way), then the clients close."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(in_flight.task), timeout=20)
+        if self._publisher is not None:
+            await self._publisher.settle(timeout_s=20)
         await self.abandon()
 
     async def abandon(self) -> None:
@@ -280,9 +202,13 @@ class Indexer:
 
     @property
     def store(self) -> SnapshotStore:
-        if self._store is None:
+        return self.publisher.store
+
+    @property
+    def publisher(self) -> SnapshotPublisher:
+        if self._publisher is None:
             raise RuntimeError("the indexer is not started")
-        return self._store
+        return self._publisher
 
     @property
     def feed(self) -> TrackEventFeed:
@@ -291,10 +217,10 @@ class Indexer:
         return self._feed
 
     @property
-    def producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
+    def feed_loop(self) -> FeedLoop:
+        if self._loop is None:
             raise RuntimeError("the indexer is not started")
-        return self._producer
+        return self._loop
 
     @property
     def state(self) -> TrackVectors:
@@ -304,45 +230,9 @@ class Indexer:
 
     # --- loading and adopting -----------------------------------------------
 
-    async def _publish_known_empty(self) -> LatestPointer:
-        """The first snapshot of a bucket: no vectors, no model, so the query
-        service can become ready before anything is indexed."""
-        checkpoint = Checkpoint(
-            offsets={},
-            model=None,
-            shard_count=self.settings.shard_count,
-            captures=[],
-            tuning_queries=np.empty((0, 0), dtype=np.float32),
-            base=None,
-            expect_latest=None,
-            replace_any_latest=False,
-        )
-        deadline = time.monotonic() + self.settings.publish_lease_s
-        while True:
-            try:
-                published = await self._publish_under_lease(checkpoint)
-                break
-            except LeaseHeldError:
-                # Another writer is publishing (a rebuild on a new bucket?): its
-                # snapshot will do, or the lease frees up.
-                if time.monotonic() > deadline:
-                    raise
-                latest = await asyncio.to_thread(self.store.read_latest)
-                if latest is not None:
-                    return latest
-                await asyncio.sleep(1.0)
-            except LatestMovedError:
-                # Another writer published first; use theirs.
-                latest = await asyncio.to_thread(self.store.read_latest)
-                if latest is None:
-                    raise
-                return latest
-        log.info("published the known-empty snapshot %s", published.latest.version)
-        return published.latest
-
     async def _load(self, latest: LatestPointer) -> None:
         """Replace the state with snapshot ``latest`` and seek to its offsets."""
-        self.vectors = None  # let the old state go before the new one loads
+        self.vectors = self.feed_loop.state = None  # let the old state go before the new one loads
         base_manifest = await asyncio.to_thread(self.store.read_manifest, latest.version)
         guard = ModelGuard(base_manifest.manifest.model, self.settings.model)
         vectors = TrackVectors(self.settings.shard_count, guard)
@@ -352,8 +242,9 @@ class Indexer:
         self._mark_stale_index_types(stored, vectors)
         await self.feed.seek(stored.manifest.offsets)
         self.vectors, self.base, self.latest = vectors, stored, latest
-        self._pending = len(vectors.dirty_shards())
-        self._first_pending_at = time.monotonic() if self._pending else None
+        self.feed_loop.state = vectors
+        self.feed_loop.reset()
+        self.schedule.reset(len(vectors.dirty_shards()))
         self._update_gauges()
         log.info(
             "loaded snapshot %s: %d vectors in %d shards, model %s",
@@ -387,84 +278,20 @@ class Indexer:
             if not fits:
                 vectors.mark_dirty([number])
 
-    async def _announce(self, stored: StoredManifest, rebuilt_shards: int) -> None:
-        event = snapshot_event(self.store, stored, rebuilt_shards)
-        await self.producer.send_and_wait(self.topics.index_snapshots, event.to_bytes(), key=event.key().encode())
-
     # --- the loop -----------------------------------------------------------
 
     async def run(self) -> None:
         while not self._stopping.is_set():
-            records = await self.feed.poll(timeout_ms=200, max_records=self.settings.poll_max_records)
-            for record in records:
-                await self._apply(record)
+            await self.feed_loop.step(timeout_ms=200)
             await self._after_publish()
-            if self._in_flight is None:
-                if self._snapshot_due():
+            if self.publisher.in_flight is None:
+                if self.schedule.due(model_known=self.state.model is not None):
                     self._begin_publish()
                 elif time.monotonic() >= self._next_latest_check:
                     await self._check_latest()
             self._update_gauges()
 
-    async def _apply(self, record: Record) -> None:
-        change = decode(record, self.topics.tracks_embedded)
-        outcome: str
-        if isinstance(change, Malformed):
-            outcome = await self._dead_letter(record, "malformed_event", change.reason)
-        elif isinstance(change, Removal):
-            outcome = self.state.apply_removed(change.track_id, change.occurred_at_us)
-        else:
-            outcome = self.state.apply_embedded(change.track_id, change.model, change.vector, change.occurred_at_us)
-            if outcome is Outcome.MODEL_MISMATCH:
-                await self._dead_letter(
-                    record,
-                    "model_mismatch",
-                    f"vector from model {change.model.fingerprint()}, but the index holds "
-                    f"{self.state.guard.describe_expected()}; rebuild the index for that model to switch",
-                    change.track_id,
-                )
-            elif outcome is Outcome.ZERO_VECTOR:
-                await self._dead_letter(record, "zero_vector", "the vector has no direction (norm 0)", change.track_id)
-        self.feed.advance(record)
-        self.metrics.events.labels(record.topic, outcome).inc()
-        if isinstance(outcome, Outcome) and outcome.changed:
-            self._pending += 1
-            if self._first_pending_at is None:
-                self._first_pending_at = time.monotonic()
-
-    async def _dead_letter(self, record: Record, error_kind: str, error: str, track_id: str | None = None) -> str:
-        failed = dead_letter(
-            stage="index",
-            error_kind=error_kind,
-            error=error,
-            raw=record.value,
-            key=record.key,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            track_id=track_id,
-        )
-        # Sent before the offset can reach a snapshot, so a crash re-sends it
-        # rather than losing it.
-        await self.producer.send_and_wait(self.topics.tracks_failed, failed.to_bytes(), key=failed.key().encode())
-        self.metrics.dead_letters.labels(error_kind).inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
-        return error_kind
-
     # --- snapshots ----------------------------------------------------------
-
-    def _snapshot_due(self) -> bool:
-        if self._pending == 0 or time.monotonic() < self._retry_at:
-            return False
-        if self.state.model is None:
-            # Only tombstones of never-indexed tracks can be pending before the
-            # first vector; with no dimension there is no shard to put them in,
-            # so they wait (their offsets are replayed after a restart).
-            return False
-        if self._pending >= self.settings.snapshot_every_changes:
-            return True
-        waited = time.monotonic() - (self._first_pending_at or time.monotonic())
-        return waited >= self.settings.snapshot_interval_s
 
     def _checkpoint(self) -> Checkpoint:
         vectors = self.state
@@ -490,94 +317,25 @@ class Indexer:
 
     def _begin_publish(self) -> None:
         checkpoint = self._checkpoint()
-        shards = [capture.shard for capture in checkpoint.captures]
-        task = asyncio.create_task(self._publish(checkpoint), name="indexer-publish")
-        self._in_flight = _InFlight(task, shards, self._pending)
-        self._pending = 0
-        self._first_pending_at = None
-
-    async def _publish(self, checkpoint: Checkpoint) -> PublishedSnapshot:
-        published = await self._publish_under_lease(checkpoint)
-        await self._announce(published.stored, published.rebuilt_shards)
-        try:
-            await self.feed.commit(published.stored.manifest.offsets)
-        except KafkaError as exc:
-            # Secondary: the snapshot is the checkpoint, the group only mirrors it.
-            log.warning("committing the snapshot's offsets to the group failed: %s", exc)
-        return published
-
-    async def _publish_under_lease(self, checkpoint: Checkpoint) -> PublishedSnapshot:
-        ttl = self.settings.publish_lease_s
-        lease = await asyncio.to_thread(self.store.acquire_lease, self.settings.writer_id, ttl)
-        hook = self._step_hook or (lambda step: None)
-        try:
-            published = await in_daemon_thread(
-                functools.partial(publish_snapshot, self.store, checkpoint, self._options, lease, ttl, hook),
-                name="indexer-publish",
-            )
-        except Exception:
-            # A crash (or a BaseException standing in for one) keeps the lease
-            # until it expires; an ordinary failure hands it back at once.
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.release_lease, lease)
-            raise
-        try:
-            await asyncio.to_thread(self.store.prune, self.settings.keep_snapshots)
-        except Exception:
-            log.warning("retention failed; it runs again after the next snapshot", exc_info=True)
-        await asyncio.to_thread(self.store.release_lease, lease)
-        self._record_published(published)
-        return published
-
-    def _record_published(self, published: PublishedSnapshot) -> None:
-        self.metrics.snapshot_build_seconds.observe(published.build_seconds)
-        self.metrics.snapshot_upload_seconds.observe(published.upload_seconds)
-        self.metrics.snapshot_uploaded_bytes.inc(published.uploaded_bytes)
-        self.metrics.snapshots_published.inc()
-        self.metrics.rebuilt_shards.inc(published.rebuilt_shards)
-        for shard, recall in published.recalls.items():
-            self.metrics.shard_recall.labels(str(shard)).set(recall)
-        self.metrics.snapshot_version.set(int(published.latest.version))
-        log.info(
-            "published snapshot %s: %d vectors, %d shards rebuilt, %.1f MB uploaded, build %.2fs, upload %.2fs",
-            published.latest.version,
-            published.stored.manifest.vector_count,
-            published.rebuilt_shards,
-            published.uploaded_bytes / 1e6,
-            published.build_seconds,
-            published.upload_seconds,
-        )
+        self.publisher.begin(checkpoint, changes=self.schedule.taken())
 
     async def _after_publish(self) -> None:
-        in_flight = self._in_flight
-        if in_flight is None or not in_flight.task.done():
+        finished = self.publisher.finished()
+        if finished is None:
             return
-        self._in_flight = None
-        error = in_flight.task.exception()
-        if error is not None and not isinstance(error, Exception):
-            raise error  # a crash (or its stand-in in tests) ends the indexer
-        self.latest_moved = isinstance(error, LatestMovedError)
-        if error is None:
-            published = in_flight.task.result()
-            self.base, self.latest = published.stored, published.latest
+        self.latest_moved = isinstance(finished.error, LatestMovedError)
+        if finished.published is not None:
+            self.base, self.latest = finished.published.stored, finished.published.latest
             self.last_publish_ok = True
             return
         # The captured shards were marked clean; they are not in any snapshot.
-        self.state.mark_dirty(in_flight.shards)
-        self._pending += in_flight.changes
-        self._first_pending_at = self._first_pending_at or time.monotonic()
-        self._retry_at = time.monotonic() + self.settings.retry_s
-        if isinstance(error, LatestMovedError):
-            self.metrics.snapshot_failures.labels("latest_moved").inc()
+        self.state.mark_dirty(finished.shards)
+        self.schedule.failed(finished.changes)
+        if self.latest_moved:
             if not self._stopping.is_set():  # a stopping indexer leaves adopting to its successor
                 await self._check_latest()
-        elif isinstance(error, LeaseHeldError):
-            self.metrics.snapshot_failures.labels("lease_held").inc()
-            log.info("not publishing yet: %s", error)
-        else:
-            self.metrics.snapshot_failures.labels(type(error).__name__).inc()
+        elif not isinstance(finished.error, LeaseHeldError):
             self.last_publish_ok = False
-            log.error("publishing a snapshot failed; retrying in %.0fs", self.settings.retry_s, exc_info=error)
 
     async def _check_latest(self) -> None:
         """Adopt a snapshot another writer (a rebuild) published; rewind logs the broker lost."""
@@ -600,7 +358,7 @@ class Indexer:
         log.warning(
             "LATEST moved to %s (another writer published); adopting it and its offsets, dropping %d pending changes",
             latest.version,
-            self._pending,
+            self.schedule.pending,
         )
         await self._load(latest)
         self.metrics.adoptions.inc()
@@ -610,7 +368,7 @@ class Indexer:
             self.metrics.vectors.set(len(self.vectors))
             self.metrics.shards.set(self.vectors.shard_count)
             self.metrics.dirty_shards.set(len(self.vectors.dirty_shards()))
-        self.metrics.pending_changes.set(self._pending)
+        self.metrics.pending_changes.set(self.schedule.pending)
         if self.latest is not None:
             self.metrics.snapshot_version.set(int(self.latest.version))
         if self._feed is not None:

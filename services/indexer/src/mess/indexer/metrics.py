@@ -70,3 +70,8 @@ class IndexerMetrics:
             "partitions read again from their start because the log ended before our position (broker data lost)",
             registry=r,
         )
+        self.registry_catch_ups = Counter(
+            "mess_indexer_registry_catch_ups",
+            "times the added topic was read to its end before judging an embedding its facts did not vouch for",
+            registry=r,
+        )

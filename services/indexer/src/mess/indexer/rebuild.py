@@ -1,10 +1,14 @@
-"""The full rebuild: replay both topics from the beginning into a fresh snapshot.
+"""The full rebuild: replay the topics from the beginning into a fresh snapshot.
 
-Used to change the index type, the shard count or the model. The replay reads
-the compacted embedded topic and the removed topic up to the end offsets seen
-when it starts (later events are the live indexer's), applying them with the
-same rules as the live indexer: later offset wins within a topic, whether or
-not the broker has compacted yet, and ``occurred_at`` orders the two topics.
+Used to change the index type, the shard count or the model. The registry's
+facts come first: those saved in LATEST (the added topic keeps only 7 days),
+then the added and removed topics read to their ends. Then the compacted
+embedded topic is replayed up to the end offsets seen when the rebuild
+started (later events are the live indexer's), with the live indexer's rules
+(``feed_loop.apply_change``): later offset wins within the topic, whether or
+not the broker has compacted yet, and an embedding counts only if the
+track's latest fact is "added" with its sha256. As the facts were read after
+those ends were taken, every embedding's TrackAdded is already known.
 Every shard is built anew, nothing is referenced from older snapshots.
 
 Events are not dead-lettered again: the live indexer did that when they first
@@ -23,16 +27,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import TopicPartition
 
 from mess.indexer.config import Settings
-from mess.indexer.decoding import Malformed, Removal, decode
-from mess.indexer.feed import TrackEventFeed
-from mess.indexer.indexer import build_options, s3_client, snapshot_event
+from mess.indexer.decoding import Malformed, decode
+from mess.indexer.feed import Record, TrackEventFeed
+from mess.indexer.feed_loop import CATCH_UP_EMPTY_POLLS, CATCH_UP_POLL_MS, apply_change
+from mess.indexer.publisher import build_options, s3_client, snapshot_event
 from mess.indexer.shard_index import check_factory
 from mess.indexer.snapshot_store import LeaseHeldError, PublishLease, SnapshotStore
-from mess.indexer.snapshots import Checkpoint, PublishedSnapshot, publish_snapshot
+from mess.indexer.snapshots import Checkpoint, PublishedSnapshot, load_facts, publish_snapshot
 from mess.indexer.track_vectors import ModelGuard, Outcome, TrackVectors
+from mess.runtime import kafka
 
 log = logging.getLogger(__name__)
 
@@ -80,37 +86,51 @@ async def rebuild(settings: Settings, *, lease_wait_seconds: float = 900.0) -> R
         if current.manifest.model is not None:
             model = current.manifest.model.fingerprint()
     vectors = TrackVectors(settings.shard_count, ModelGuard(None, model))
+    if latest is not None:
+        vectors.restore_facts(await asyncio.to_thread(load_facts, store, latest.version))
     topics = settings.stack.topics
     # No group: a rebuild reads everything and commits nothing.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.stack.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    consumer = kafka.consumer(
+        settings.stack, client_id="mess-indexer-rebuild", enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     outcomes: Counter[str] = Counter()
     records = 0
     started = time.perf_counter()
+
+    def apply(record: Record, state: TrackVectors) -> None:
+        change = decode(record, topics)
+        if isinstance(change, Malformed):
+            outcomes["malformed_event"] += 1
+        else:
+            outcome = apply_change(state, change)
+            outcomes[outcome if outcome is not Outcome.MODEL_MISMATCH else "skipped_other_model"] += 1
+        feed.advance(record)
+
     try:
-        feed = TrackEventFeed(consumer, [topics.tracks_embedded, topics.tracks_removed])
+        feed = TrackEventFeed(consumer, [topics.tracks_embedded, topics.tracks_removed, topics.tracks_added])
         await feed.seek({})
-        ends = await feed.end_offsets()
-        log.info("replaying %d records", sum(ends.values()))
-        while not feed.caught_up_with(ends):
-            batch = await feed.poll(timeout_ms=500, max_records=settings.poll_max_records)
-            if not batch:
-                await feed.skip_gaps()
+        embedded = feed.partitions_of([topics.tracks_embedded])
+        ends = {tp: end for tp, end in (await feed.end_offsets()).items() if tp in embedded}
+        log.info("replaying %d embedded records", sum(ends.values()))
+        # The facts, to their end now (an empty poll, not end_offsets, says so: see feed_loop).
+        facts = feed.partitions_of([topics.tracks_added, topics.tracks_removed])
+        empty = 0
+        while empty < CATCH_UP_EMPTY_POLLS:
+            batch = await feed.poll(CATCH_UP_POLL_MS, settings.poll_max_records, facts)
+            empty = 0 if batch else empty + 1
             for record in batch:
                 records += 1
-                change = decode(record, topics.tracks_embedded)
-                if isinstance(change, Malformed):
-                    outcomes["malformed_event"] += 1
-                elif isinstance(change, Removal):
-                    outcomes[vectors.apply_removed(change.track_id, change.occurred_at_us)] += 1
-                else:
-                    outcome = vectors.apply_embedded(
-                        change.track_id, change.model, change.vector, change.occurred_at_us
-                    )
-                    outcomes[outcome if outcome is not Outcome.MODEL_MISMATCH else "skipped_other_model"] += 1
-                feed.advance(record)
+                apply(record, vectors)
+        while not feed.caught_up_with(ends):
+            batch = await feed.poll(500, settings.poll_max_records, embedded)
+            if not batch:
+                await feed.skip_gaps(ends)
+            for record in batch:
+                # Past the ends the facts may not cover yet: the live indexer's.
+                if record.offset < ends[TopicPartition(record.topic, record.partition)]:
+                    records += 1
+                    apply(record, vectors)
         replay_seconds = time.perf_counter() - started
         if vectors.dim is not None:
             check_factory(settings.approximate_index, vectors.dim)
@@ -130,11 +150,11 @@ async def rebuild(settings: Settings, *, lease_wait_seconds: float = 900.0) -> R
         publish_seconds = time.perf_counter() - started
     finally:
         await consumer.stop()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.stack.kafka_bootstrap, acks="all")
+    producer = kafka.producer(settings.stack, client_id="mess-indexer-rebuild")
     await producer.start()
     try:
         event = snapshot_event(store, published.stored, published.rebuilt_shards)
-        await producer.send_and_wait(topics.index_snapshots, event.to_bytes(), key=event.key().encode())
+        await kafka.publish(kafka.via_producer(producer), topics.index_snapshots, event)
     finally:
         await producer.stop()
     manifest = published.stored.manifest

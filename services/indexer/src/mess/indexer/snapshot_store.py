@@ -2,7 +2,10 @@
 
 Layout (``mess.contracts.storage``): ``snapshots/<version>/manifest.json`` and
 the shard files next to it, ``snapshots/LATEST`` holding the current version.
-Versions are 12-digit zero-padded counters, so text order is number order.
+Versions are counters spelled one way (``mess.contracts.storage``:
+``format_snapshot_version``/``snapshot_number``), the same definition the
+query service and ingest check announcements against; they are ordered by
+their number.
 
 Writers are kept apart by S3 conditional writes, which AWS, MinIO and moto
 all honour: a manifest is created only if its key is free (``If-None-Match``),
@@ -21,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from boto3.s3.transfer import TransferConfig
@@ -31,9 +34,14 @@ from pydantic import ValidationError
 from mess.contracts.storage import (
     LATEST_KEY,
     SNAPSHOT_PREFIX,
+    SnapshotCheckError,
     SnapshotManifest,
     StoredFile,
+    check_manifest,
+    format_snapshot_version,
     manifest_key,
+    snapshot_file_version,
+    snapshot_number,
 )
 
 if TYPE_CHECKING:
@@ -43,10 +51,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "indexer/publish-lease.json"
-# The per-shard clock file is an indexer addition the shared manifest model
-# does not know; it rides in the manifest JSON as an extra key of each shard,
-# which readers built on ``SnapshotManifest`` ignore.
-CLOCK_FIELD = "clock"
+# The per-shard facts file (the registry's latest fact about each track) is an
+# indexer addition the shared manifest model does not know; it rides in the
+# manifest JSON as an extra key of each shard, which readers built on
+# ``SnapshotManifest`` ignore.
+FACTS_FIELD = "facts"
+# Snapshots written before the facts held a per-shard ``occurred_at`` clock
+# file there instead; it is still listed (retention keeps it while such a
+# snapshot is kept, for a rollback) but never read.
+LEGACY_CLOCK_FIELD = "clock"
 _TRANSFER = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024)
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -73,7 +86,15 @@ class VersionTakenError(Exception):
 
 
 def format_version(number: int) -> str:
-    return f"{number:012d}"
+    return format_snapshot_version(number)
+
+
+def _number(version: str) -> int:
+    """The number of a version this store wrote or LATEST holds; anything else is refused loudly, never guessed."""
+    number = snapshot_number(version)
+    if number is None:
+        raise SnapshotIntegrityError(f"{version[:140]!r} is not a snapshot version")
+    return number
 
 
 def _code(error: ClientError) -> str:
@@ -100,10 +121,11 @@ class LatestPointer:
 
 @dataclass(frozen=True)
 class StoredManifest:
-    """A manifest as read back, with the indexer's per-shard clock files."""
+    """A manifest as read back, with the indexer's per-shard facts files."""
 
     manifest: SnapshotManifest
-    clocks: dict[int, StoredFile]
+    facts: dict[int, StoredFile]
+    legacy_clocks: dict[int, StoredFile] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -113,8 +135,9 @@ class StoredManifest:
         """Every object this snapshot needs, its manifest included."""
         keys = {manifest_key(self.manifest.version)}
         for shard in self.manifest.shards:
-            keys.update((shard.index.key, shard.ids.key, shard.vectors.key))
-        keys.update(clock.key for clock in self.clocks.values())
+            keys.update(stored.key for stored in shard.files())  # pitch sequences included
+        keys.update(facts.key for facts in self.facts.values())
+        keys.update(clock.key for clock in self.legacy_clocks.values())
         return keys
 
 
@@ -171,14 +194,14 @@ class SnapshotStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=SNAPSHOT_PREFIX, Delimiter="/"):
             for prefix in page.get("CommonPrefixes", []):
                 name = prefix.get("Prefix", "")[len(SNAPSHOT_PREFIX) :].rstrip("/")
-                if name.isdigit():
+                if snapshot_number(name) is not None:
                     versions.append(name)
-        return sorted(versions, key=int)
+        return sorted(versions, key=_number)
 
     def next_version(self, latest: LatestPointer | None) -> str:
         """One past every version seen, including folders of publishes that died
         before LATEST moved: a snapshot folder is never written twice."""
-        highest = max([int(v) for v in self.existing_versions()] + [int(latest.version) if latest else 0])
+        highest = max([_number(v) for v in self.existing_versions()] + [_number(latest.version) if latest else 0])
         return format_version(highest + 1)
 
     # --- files --------------------------------------------------------------
@@ -207,12 +230,12 @@ class SnapshotStore:
 
     # --- manifests ----------------------------------------------------------
 
-    def put_manifest(self, manifest: SnapshotManifest, clocks: dict[int, StoredFile]) -> None:
+    def put_manifest(self, manifest: SnapshotManifest, facts: dict[int, StoredFile]) -> None:
         document = manifest.model_dump(mode="json")
         for shard in document["shards"]:
-            clock = clocks.get(shard["shard"])
-            if clock is not None:
-                shard[CLOCK_FIELD] = clock.model_dump(mode="json")
+            stored = facts.get(shard["shard"])
+            if stored is not None:
+                shard[FACTS_FIELD] = stored.model_dump(mode="json")
         body = json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
         try:
             self.s3.put_object(
@@ -236,18 +259,24 @@ class SnapshotStore:
                 raise SnapshotIntegrityError(f"s3://{self.bucket}/{key} is missing") from exc
             raise
         try:
-            manifest = SnapshotManifest.model_validate_json(raw)
+            manifest = check_manifest(raw, version)
             document = json.loads(raw)
-            clocks = {
-                int(shard["shard"]): StoredFile.model_validate(shard[CLOCK_FIELD])
-                for shard in document["shards"]
-                if shard.get(CLOCK_FIELD) is not None
-            }
-        except (ValidationError, ValueError, KeyError) as exc:
+            extras = [
+                {
+                    int(shard["shard"]): StoredFile.model_validate(shard[name])
+                    for shard in document["shards"]
+                    if shard.get(name) is not None
+                }
+                for name in (FACTS_FIELD, LEGACY_CLOCK_FIELD)
+            ]
+        except (SnapshotCheckError, ValidationError, ValueError, KeyError, TypeError) as exc:
             raise SnapshotIntegrityError(f"s3://{self.bucket}/{key} is not a valid manifest: {exc}") from exc
-        if manifest.version != version:
-            raise SnapshotIntegrityError(f"s3://{self.bucket}/{key} names version {manifest.version}")
-        return StoredManifest(manifest, clocks)
+        for extra in extras:
+            for stored in extra.values():
+                folder = snapshot_file_version(stored.key)
+                if folder is None or folder > _number(version):
+                    raise SnapshotIntegrityError(f"s3://{self.bucket}/{key}: {stored.key} is not a snapshot's file")
+        return StoredManifest(manifest, facts=extras[0], legacy_clocks=extras[1])
 
     # --- retention ----------------------------------------------------------
 
@@ -280,8 +309,8 @@ class SnapshotStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=SNAPSHOT_PREFIX):
             for item in page.get("Contents", []):
                 key = item.get("Key", "")
-                folder = key[len(SNAPSHOT_PREFIX) :].split("/", 1)[0]
-                if key == LATEST_KEY or not folder.isdigit() or int(folder) >= int(latest.version):
+                folder = snapshot_number(key[len(SNAPSHOT_PREFIX) :].split("/", 1)[0])
+                if key == LATEST_KEY or folder is None or folder >= _number(latest.version):
                     continue
                 if key not in referenced:
                     doomed.append(key)

@@ -5,7 +5,8 @@ snapshot or the new one current and never a half one:
 
 1. ``before_upload``: the version is chosen; nothing is written yet.
 2. the dirty shards are built and their files uploaded (index, ids,
-   vectors, clock) under ``snapshots/<version>/``; clean shards are
+   vectors, the registry facts, and the pitch sequences' frames and offsets when any
+   track of the shard has one) under ``snapshots/<version>/``; clean shards are
    referenced from the previous manifest, not rebuilt or re-uploaded.
 3. ``after_files``: then ``manifest.json`` (sha256 of every file, offsets,
    model, counts) is created, refusing to overwrite an existing one.
@@ -18,8 +19,10 @@ event. The step names are also the hooks crash tests raise at.
 """
 
 import io
+import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +32,9 @@ from enum import StrEnum
 import numpy as np
 
 from mess.contracts.events import ModelIdentity
-from mess.contracts.storage import ShardManifest, SnapshotManifest, StoredFile, snapshot_dir
+from mess.contracts.ids import is_track_id
+from mess.contracts.sequences import PitchSequenceArray, check_sequence_table, pack_sequences
+from mess.contracts.storage import ShardManifest, ShardSequences, SnapshotManifest, StoredFile, snapshot_dir
 from mess.indexer.shard_index import Matrix, build_shard_index, candidate_plans
 from mess.indexer.sharding import shard_of
 from mess.indexer.snapshot_store import (
@@ -40,7 +45,7 @@ from mess.indexer.snapshot_store import (
     SnapshotStore,
     StoredManifest,
 )
-from mess.indexer.track_vectors import ShardCapture, ShardContents, TrackVectors
+from mess.indexer.track_vectors import Fact, ShardCapture, ShardContents, TrackVectors
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +110,21 @@ def encode_vectors(vectors: Matrix) -> bytes:
     return buffer.getvalue()
 
 
-def encode_clock(contents: ShardContents) -> bytes:
-    return json.dumps(
-        {"embedded_at_us": contents.embedded_at, "removed_at_us": contents.removed_at},
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode("utf-8")
+def encode_sequences(sequences: list[PitchSequenceArray | None]) -> tuple[bytes, bytes]:
+    """The shard's (frames, offsets) as two .npy files: plain arrays, so the query service memory-maps them."""
+    frames, offsets = pack_sequences(sequences)
+    files = []
+    for array in (frames, offsets):
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        files.append(buffer.getvalue())
+    return files[0], files[1]
+
+
+def encode_facts(contents: ShardContents) -> bytes:
+    """``{"facts": {track id: [sha256 or null (removed), registry sequence or null]}}``."""
+    facts = {track_id: [fact.sha256, fact.registry_sequence] for track_id, fact in contents.facts.items()}
+    return json.dumps({"facts": facts}, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 def publish_snapshot(
@@ -132,7 +146,7 @@ def publish_snapshot(
     hook(PublishStep.BEFORE_UPLOAD)
 
     shards: dict[int, ShardManifest] = {}
-    clocks: dict[int, StoredFile] = {}
+    facts: dict[int, StoredFile] = {}
     recalls: dict[int, float] = {}
     uploaded = 0
     build_seconds = upload_seconds = 0.0
@@ -160,8 +174,16 @@ def publish_snapshot(
             store.put_file(f"{name}.index", built.index_bytes),
             store.put_file(f"{name}.ids.json", encode_ids(contents.ids)),
             store.put_file(f"{name}.vectors.npy", encode_vectors(contents.vectors)),
-            store.put_file(f"{name}.clock.json", encode_clock(contents)),
+            store.put_file(f"{name}.facts.json", encode_facts(contents)),
         ]
+        sequences = None
+        if any(sequence is not None for sequence in contents.sequences):
+            frames_bytes, offsets_bytes = encode_sequences(contents.sequences)
+            sequences = ShardSequences(
+                frames=store.put_file(f"{name}.sequences.npy", frames_bytes),
+                offsets=store.put_file(f"{name}.sequence-offsets.npy", offsets_bytes),
+            )
+            files.extend((sequences.frames, sequences.offsets))
         upload_seconds += time.perf_counter() - started
         uploaded += sum(f.size_bytes for f in files)
         shards[contents.shard] = ShardManifest(
@@ -173,8 +195,9 @@ def publish_snapshot(
             vectors=files[2],
             built_in=version,
             search_params=built.search_params,
+            sequences=sequences,
         )
-        clocks[contents.shard] = files[3]
+        facts[contents.shard] = files[3]
         # A long build must not let the lease lapse under us.
         store.renew_lease(lease, lease_ttl_seconds)
 
@@ -185,8 +208,8 @@ def publish_snapshot(
                 continue
             reused = _reusable_shard(base, number, checkpoint.shard_count)
             shards[number] = reused
-            if base is not None and number in base.clocks:
-                clocks[number] = base.clocks[number]
+            if base is not None and number in base.facts:
+                facts[number] = base.facts[number]
     hook(PublishStep.AFTER_FILES)
 
     ordered = [shards[n] for n in sorted(shards)]
@@ -202,13 +225,13 @@ def publish_snapshot(
         shards=ordered,
     )
     started = time.perf_counter()
-    store.put_manifest(manifest, clocks)
+    store.put_manifest(manifest, facts)
     hook(PublishStep.AFTER_MANIFEST)
     pointer = store.write_latest(version, latest)
     upload_seconds += time.perf_counter() - started
     hook(PublishStep.AFTER_POINTER)
     return PublishedSnapshot(
-        stored=StoredManifest(manifest, clocks),
+        stored=StoredManifest(manifest, facts),
         latest=pointer,
         rebuilt_shards=len(checkpoint.captures),
         uploaded_bytes=uploaded,
@@ -245,33 +268,58 @@ def load_snapshot(store: SnapshotStore, version: str, vectors: TrackVectors) -> 
     """
     stored = store.read_manifest(version)
     manifest = stored.manifest
+    if stored.legacy_clocks:
+        # Their values are producers' occurred_at times, not registry
+        # sequences, so they order nothing; the added and removed topics,
+        # read from the beginning (this snapshot has no offsets for added),
+        # bring the facts back.
+        log.warning(
+            "snapshot %s holds occurred_at clock files from before registry facts; they are dropped, and the "
+            "facts are rebuilt from the tracks topics (tracks announced before their retention need announcing again)",
+            version,
+        )
     for shard in manifest.shards:
         where = f"snapshot {version} shard {shard.shard}"
         store.fetch_verified(shard.index)  # only checked: a restart rebuilds from the vectors
         ids = _decode_ids(store.fetch_verified(shard.ids), where)
         matrix = _decode_vectors(store.fetch_verified(shard.vectors), where)
-        embedded_at: list[int] = [0] * len(ids)
-        removed_at: dict[str, int] = {}
-        if shard.shard in stored.clocks:
-            embedded_at, removed_at = _decode_clock(store.fetch_verified(stored.clocks[shard.shard]), where)
-        if not len(ids) == shard.count == matrix.shape[0] == len(embedded_at):
+        facts: dict[str, Fact] = {}
+        if shard.shard in stored.facts:
+            facts = _decode_facts(store.fetch_verified(stored.facts[shard.shard]), where)
+        sequences: list[PitchSequenceArray | None] = []
+        if shard.sequences is not None:
+            sequences = _decode_sequences(
+                store.fetch_verified(shard.sequences.frames),
+                store.fetch_verified(shard.sequences.offsets),
+                len(ids),
+                where,
+            )
+        if not len(ids) == shard.count == matrix.shape[0]:
             raise SnapshotIntegrityError(
-                f"{where}: the manifest says {shard.count} rows, ids hold {len(ids)}, "
-                f"vectors {matrix.shape[0]}, clock {len(embedded_at)}"
+                f"{where}: the manifest says {shard.count} rows, ids hold {len(ids)}, vectors {matrix.shape[0]}"
             )
         if shard.count and manifest.dim is not None and matrix.shape[1] != manifest.dim:
             raise SnapshotIntegrityError(f"{where}: vectors have {matrix.shape[1]} columns, not {manifest.dim}")
         if len(set(ids)) != len(ids):
             raise SnapshotIntegrityError(f"{where}: a track id appears twice")
-        misplaced = [t for t in ids if shard_of(t, manifest.shard_count) != shard.shard]
+        misplaced = [t for t in [*ids, *facts] if shard_of(t, manifest.shard_count) != shard.shard]
         if misplaced:
             raise SnapshotIntegrityError(f"{where}: {len(misplaced)} ids belong to other shards, e.g. {misplaced[0]}")
         vectors.load_shard(
-            ShardContents(shard.shard, ids, matrix, embedded_at, removed_at),
+            ShardContents(shard.shard, ids, matrix, facts, sequences),
         )
     if manifest.shard_count != vectors.shard_count:
         vectors.mark_dirty(range(vectors.shard_count))
     return stored
+
+
+def load_facts(store: SnapshotStore, version: str) -> dict[str, Fact]:
+    """Only the registry facts of snapshot ``version`` (verified), without its vectors."""
+    stored = store.read_manifest(version)
+    facts: dict[str, Fact] = {}
+    for shard, file in sorted(stored.facts.items()):
+        facts.update(_decode_facts(store.fetch_verified(file), f"snapshot {version} shard {shard}"))
+    return facts
 
 
 def _decode_ids(raw: bytes, where: str) -> list[str]:
@@ -294,11 +342,32 @@ def _decode_vectors(raw: bytes, where: str) -> Matrix:
     return np.asarray(matrix, dtype=np.float32)
 
 
-def _decode_clock(raw: bytes, where: str) -> tuple[list[int], dict[str, int]]:
+def _decode_sequences(frames_raw: bytes, offsets_raw: bytes, rows: int, where: str) -> list[PitchSequenceArray | None]:
     try:
-        document = json.loads(raw)
-        embedded = [int(v) for v in document["embedded_at_us"]]
-        removed = {str(k): int(v) for k, v in document["removed_at_us"].items()}
+        frames = np.load(io.BytesIO(frames_raw), allow_pickle=False)
+        offsets = np.load(io.BytesIO(offsets_raw), allow_pickle=False)
+        check_sequence_table(frames, offsets, rows)
+    except (ValueError, OSError) as exc:
+        raise SnapshotIntegrityError(f"{where}: pitch sequences are malformed: {exc}") from exc
+    bounds = offsets.tolist()
+    return [frames[start:end] if end > start else None for start, end in itertools.pairwise(bounds)]
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _decode_facts(raw: bytes, where: str) -> dict[str, Fact]:
+    try:
+        document = json.loads(raw)["facts"]
+        facts = {}
+        for track_id, (sha256, sequence) in document.items():
+            if not is_track_id(track_id):
+                raise ValueError(f"{track_id[:140]!r} is not a track id")
+            if sha256 is not None and not (isinstance(sha256, str) and _SHA256.match(sha256)):
+                raise ValueError(f"{track_id}: {sha256!r} is not a sha256")
+            if sequence is not None and not (type(sequence) is int and sequence >= 0):
+                raise ValueError(f"{track_id}: {sequence!r} is not a registry sequence")
+            facts[track_id] = Fact(sha256, sequence)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SnapshotIntegrityError(f"{where}: clock file is malformed: {exc}") from exc
-    return embedded, removed
+        raise SnapshotIntegrityError(f"{where}: facts file is malformed: {exc}") from exc
+    return facts

@@ -4,6 +4,12 @@ The header alone is not enough: a truncated FLAC or a garbled OGG opens
 fine and only fails (or yields nothing) once decoded, and silence can only be
 found by looking at every sample. Decoding runs block by block from a file
 object, so a long track never sits in memory as one array.
+
+What "too big" and "silent" mean is ``mess.contracts.limits``'s, shared with
+the embedder: the rate, the channel count and the decoded samples are
+bounded before decoding starts (and again while it runs, for a header that
+understates the length), and silence is the peak of the mono mixdown over
+the span the embedder embeds.
 """
 
 import re
@@ -12,6 +18,8 @@ from typing import IO
 
 import numpy as np
 import soundfile as sf
+
+from mess.contracts.limits import SilenceMeter, decoded_size_problem
 
 # soundfile's format name -> the extension audio is stored under. RF64 and
 # WAVEX are WAV files with large-file or multichannel headers.
@@ -42,7 +50,7 @@ class AudioFacts:
     duration_s: float
     sample_rate: int
     channels: int
-    peak: float
+    peak: float  # of the mono mixdown, over the span silence is judged on
 
 
 class UnacceptableAudioError(Exception):
@@ -72,6 +80,10 @@ def inspect_audio(source: IO[bytes], limits: AudioLimits) -> AudioFacts:
             raise UnacceptableAudioError(
                 "corrupt", f"the header declares {audio.samplerate} Hz and {audio.channels} channels"
             )
+        # Before a single block is decoded: the cost of decoding (here and in the embedder) is set by these.
+        too_big = decoded_size_problem(audio.samplerate, audio.channels, max(audio.frames, 0))
+        if too_big is not None:
+            raise UnacceptableAudioError(too_big.kind, too_big.message)
         truncated = _truncation(audio)
         if truncated is not None:
             raise UnacceptableAudioError("corrupt", truncated)
@@ -106,7 +118,7 @@ def inspect_audio(source: IO[bytes], limits: AudioLimits) -> AudioFacts:
 
 def _decode(audio: sf.SoundFile, limits: AudioLimits) -> tuple[int, float]:
     frames = 0
-    peak = 0.0
+    silence = SilenceMeter(audio.samplerate)
     max_frames = int(limits.max_duration_s * audio.samplerate) + 1
     try:
         for block in audio.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
@@ -115,13 +127,16 @@ def _decode(audio: sf.SoundFile, limits: AudioLimits) -> tuple[int, float]:
             frames += block.shape[0]
             if not np.all(np.isfinite(block)):
                 raise UnacceptableAudioError("corrupt", "the audio decodes to NaN or infinite samples")
-            peak = max(peak, float(np.abs(block).max()))
+            silence.add(block)
             # A header can understate the length (MP3 without a Xing frame); stop once it is too long anyway.
             if frames > max_frames:
                 raise _too_long(frames / audio.samplerate, limits)
+            too_big = decoded_size_problem(audio.samplerate, audio.channels, frames)
+            if too_big is not None:
+                raise UnacceptableAudioError(too_big.kind, too_big.message)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise UnacceptableAudioError("corrupt", f"decoding failed after {frames} frames: {_reason(exc)}") from exc
-    return frames, peak
+    return frames, silence.peak
 
 
 # libsndfile's log of a WAV-family header: "data : <declared> (should be <what the file holds>)".

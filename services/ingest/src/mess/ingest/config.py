@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mess.contracts.limits import MAX_AUDIO_BYTES, MAX_METADATA_BYTES, SILENCE_PEAK
 from mess.runtime.access import KeyEntry, digest_key, parse_entries, parse_origins, plaintext_entries
 from mess.runtime.endpoints import StackSettings
 
@@ -19,8 +20,6 @@ DEVELOPMENT_API_KEY = "mess-dev-key"
 _PLACEHOLDER_KEYS = frozenset({DEVELOPMENT_API_KEY, "changeme", "change-me", "secret", "password", "test", "dev"})
 # Production refuses these wherever they appear, by digest, so a keys file cannot bring them back either.
 REFUSED_KEYS = {digest_key(key): "a public development or placeholder key" for key in _PLACEHOLDER_KEYS}
-# One CopyObject call moves at most 5 GiB; larger audio would need a multipart copy.
-_MAX_COPYABLE_BYTES = 5 * 1024**3
 _S3_MIN_PART_BYTES = 5 * 1024**2
 DEFAULT_STATUS_GROUP = "mess-ingest-status"
 
@@ -73,19 +72,31 @@ class Settings(BaseSettings):
     )
 
     # --- what an upload may be ------------------------------------------------
-    max_upload_bytes: int = Field(default=200 * 1024**2, gt=0, le=_MAX_COPYABLE_BYTES)
+    # Neither may exceed what the embedder fetches (MAX_AUDIO_BYTES): a track accepted here and refused
+    # there for its size would be registered only to fail.
+    max_upload_bytes: int = Field(default=200 * 1024**2, gt=0, le=MAX_AUDIO_BYTES)
     max_drop_bytes: int = Field(
-        default=1024**3,
+        default=MAX_AUDIO_BYTES,
         gt=0,
-        le=_MAX_COPYABLE_BYTES,
+        le=MAX_AUDIO_BYTES,
         description="largest dropped object ingested (dataset WAVs outgrow the upload limit)",
     )
     min_duration_s: float = Field(default=1.0, ge=0)
     max_duration_s: float = Field(default=3600.0, gt=0)
     silence_peak: float = Field(
-        default=1e-4, ge=0, lt=1, description="audio whose absolute peak stays below this (~-80 dBFS) is silent"
+        default=SILENCE_PEAK,
+        ge=0,
+        lt=1,
+        description="audio whose mono peak over its first 900 s stays below this (~-80 dBFS) is silent; keep it "
+        "equal to the embedder's, or tracks pass here and fail there",
     )
     max_field_chars: int = Field(default=2000, ge=1, description="longest metadata form field accepted")
+    max_metadata_bytes: int = Field(
+        default=MAX_METADATA_BYTES,
+        ge=1024,
+        le=MAX_METADATA_BYTES,
+        description="largest metadata (as JSON) of a track, all fields together, so every TrackAdded fits the bus",
+    )
     upload_concurrency: int = Field(
         default=8, ge=1, le=1024, description="uploads received at once; more wait (their bodies stay in TCP buffers)"
     )

@@ -25,4 +25,9 @@ OUTBOX_PENDING = Gauge(
 )
 RELAY_FAILURES = Counter("mess_ingest_relay_failures_total", "relay rounds that failed", ["cause"])
 STATUS_EVENTS = Counter("mess_ingest_status_events_total", "status events consumed", ["event", "outcome"])
+ANNOUNCED_TO_INDEXED = Histogram(
+    "mess_ingest_announced_to_indexed_seconds",
+    "from a track's announcement (upload, drop or re-announcement) to its first snapshot",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
+)
 REANNOUNCED = Counter("mess_ingest_reannounced_total", "tracks re-announced by the reconciler")

@@ -24,10 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
+from mess.contracts.topics import REGISTRY_SEQUENCE_HEADER, TOPIC_EVENTS
 from mess.ingest import metrics
 from mess.ingest.registry import outbox_channel
+from mess.runtime import kafka
+from mess.runtime.deadletter import dead_letter, send_dead_letter
 
 if TYPE_CHECKING:
     from mess.ingest.config import Settings
@@ -37,6 +48,21 @@ log = logging.getLogger(__name__)
 _CLEANUP_EVERY_S = 600.0
 _MEASURE_PENDING_EVERY_S = 5.0
 _PRODUCER_STOP_TIMEOUT_S = 5.0
+
+#: ``TrackFailed.error_kind`` of an outbox row the broker can never accept.
+UNPUBLISHABLE_KIND = "unpublishable"
+# Errors that are about the row itself, so no retry can cure them. Narrower than
+# mess.runtime.kafka.PERMANENT_SEND_ERRORS on purpose: an authorization or
+# version error is about the relay's connection, and dead-lettering every row
+# through such a misconfiguration would throw the whole outbox away.
+_UNPUBLISHABLE: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
 
 
 class OutboxRelay:
@@ -152,25 +178,40 @@ class OutboxRelay:
             metrics.OUTBOX_PENDING.set(0)
             return 0
         producer = await self._ready_producer()
-        deliveries: list[asyncio.Future[Any]] = []
+        deliveries: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
+        unpublishable: list[tuple[asyncpg.Record, str]] = []
         send_error: BaseException | None = None
         for row in rows:
+            if row["topic"] not in TOPIC_EVENTS:
+                unpublishable.append((row, f"{row['topic'][:200]!r} is not a topic of mess"))
+                continue
             try:
                 # send() only queues (in order, per partition); the futures resolve when the broker acknowledges.
-                deliveries.append(
-                    await producer.send(
-                        self.stack.topic_prefix + row["topic"],
-                        value=row["payload"].encode("utf-8"),
-                        key=row["key"].encode("utf-8"),
-                    )
+                delivery = await producer.send(
+                    self.stack.topic_prefix + row["topic"],
+                    value=row["payload"].encode("utf-8"),
+                    key=row["key"].encode("utf-8"),
+                    # The row's id orders one track's announcements across the added and removed topics
+                    # (the registry writes them one transaction after another, so a later fact of a track
+                    # has a larger id); the indexer orders by it, never by a producer's clock.
+                    headers=[(REGISTRY_SEQUENCE_HEADER, str(row["id"]).encode("ascii"))],
                 )
+            except _UNPUBLISHABLE as exc:
+                # Refused before it was queued (over max_request_size): only this row; the next ones go on.
+                unpublishable.append((row, _reason(exc)))
+                continue
             except (KafkaError, OSError, TimeoutError) as exc:
                 send_error = exc
                 break
-        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+            deliveries.append((row, delivery))
+        outcomes = await asyncio.gather(*(delivery for _, delivery in deliveries), return_exceptions=True)
         acknowledged: list[int] = []
-        for row, outcome in zip(rows, outcomes, strict=False):
+        for (row, _), outcome in zip(deliveries, outcomes, strict=True):
+            if isinstance(outcome, _UNPUBLISHABLE):
+                unpublishable.append((row, _reason(outcome)))
+                continue
             if isinstance(outcome, BaseException):
+                # Transient: neither this row nor any after it is marked, so all are sent again, in order.
                 send_error = send_error or outcome
                 break
             acknowledged.append(row["id"])
@@ -179,9 +220,45 @@ class OutboxRelay:
             await connection.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", acknowledged
             )
+        last_sent = acknowledged[-1] if send_error is not None and acknowledged else None
+        handled = len(acknowledged)
+        for row, reason in sorted(unpublishable, key=lambda item: int(item[0]["id"])):
+            if send_error is not None and (last_sent is None or row["id"] > last_sent):
+                break  # after the transient failure: retried with the rest next round
+            await self._dead_letter(connection, producer, row, reason)
+            handled += 1
         if send_error is not None:
             raise send_error
-        return len(acknowledged)
+        return handled
+
+    async def _dead_letter(
+        self,
+        connection: asyncpg.Connection[asyncpg.Record],
+        producer: AIOKafkaProducer,
+        row: asyncpg.Record,
+        reason: str,
+    ) -> None:
+        """A row no broker will ever take goes to the dead letter topic with its reason and is marked, so
+        it is never sent again and the rows behind it are not held up. Rows stay in order otherwise: no
+        other row is passed over, and a dead letter the broker does not take raises like any send."""
+        letter = dead_letter(
+            stage="ingest",
+            error_kind=UNPUBLISHABLE_KIND,
+            error=f"outbox row {row['id']} cannot be published: {reason}",
+            raw=row["payload"].encode("utf-8"),
+            key=row["key"].encode("utf-8"),
+            topic=self.stack.topic_prefix + row["topic"],
+        )
+        await send_dead_letter(kafka.via_producer(producer), self.stack.topics.tracks_failed, letter)
+        await connection.execute(
+            # published_at: the relay is done with the row (the pending index, the count and the
+            # retention cleanup all go by it); dead_letter_reason says it left as a dead letter.
+            "UPDATE outbox SET published_at = now(), dead_letter_reason = $2 WHERE id = $1",
+            row["id"],
+            reason[:4000],
+        )
+        metrics.RELAY_FAILURES.labels("unpublishable").inc()
+        log.error("outbox row %s (%s, key %s) dead-lettered: %s", row["id"], row["topic"], row["key"][:200], reason)
 
     async def _measure_pending(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
         # count(*) walks the whole backlog, which after a long outage is large: measure now and then, not per batch.
@@ -194,9 +271,8 @@ class OutboxRelay:
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.stack.kafka_servers,
-                acks="all",
+            producer = kafka.producer(
+                self.stack,
                 request_timeout_ms=self.settings.kafka_timeout_ms,
                 client_id="mess-ingest-relay",
             )
@@ -224,6 +300,10 @@ class OutboxRelay:
             self.settings.outbox_retention_h * 3600.0,
         )
         log.debug("outbox cleanup: %s", deleted)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

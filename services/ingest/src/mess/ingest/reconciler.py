@@ -9,6 +9,11 @@ after their last announcement: at most ``reconcile_batch`` per interval, the
 longest waiting first. Re-announcing is safe because every consumer is
 idempotent; the lock-free ``SKIP LOCKED`` selection makes replicas share the
 work instead of doubling it.
+
+It also finishes removals: a removed track whose objects (audio, waveform)
+were not erased, because S3 failed at the time, is erased now, and every
+removed track is erased once more ``reconcile_grace_s`` after its removal,
+for a waveform an embed in flight wrote after the first erasure.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from botocore.exceptions import ClientError
 from mess.contracts.storage import LATEST_KEY, manifest_key
 from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
+from mess.ingest.registry import erase_objects
 from mess.ingest.status import SnapshotUnreadableError
 from mess.ingest.store import is_missing
 from mess.runtime.termination import wait_or_stop
@@ -41,6 +47,7 @@ class ReconcileReport:
     latest_version: str | None
     newly_indexed: int
     reannounced: list[str]
+    erased: int = 0
 
 
 class Reconciler:
@@ -85,7 +92,19 @@ class Reconciler:
             self.settings.reconcile_grace_s, self.settings.reconcile_batch
         )
         metrics.REANNOUNCED.inc(len(reannounced))
-        return ReconcileReport(version, newly_indexed, reannounced)
+        return ReconcileReport(version, newly_indexed, reannounced, await self.erase_removed())
+
+    async def erase_removed(self) -> int:
+        """Erase the objects of removed tracks whose erasure is due; returns how many were erased."""
+        erased = 0
+        for track_id in await self.registry.removed_to_erase(
+            self.settings.reconcile_grace_s, self.settings.reconcile_batch
+        ):
+            try:
+                erased += await erase_objects(self.registry, self.store, track_id)
+            except BACKEND_ERRORS as exc:
+                log.warning("erasing the objects of removed track %s failed (%r); next pass retries", track_id, exc)
+        return erased
 
     async def _latest_version(self) -> str | None:
         try:

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from mess.ingest.db import Database, apply_migrations, open_database
@@ -40,6 +39,8 @@ from mess.ingest.s3drop import DropIngestor, DropNoticeWorker, DropScan
 from mess.ingest.status import SnapshotMembership, TrackStatusFollower
 from mess.ingest.store import AudioStore
 from mess.ingest.uploads import UploadIntake
+from mess.runtime import kafka
+from mess.runtime.endpoints import StackSettings
 from mess.runtime.termination import Termination, finish_within
 
 if TYPE_CHECKING:
@@ -59,15 +60,17 @@ _POOL_CLOSE_S = 5.0
 class BrokerProbe:
     """Answers "does the broker answer?" for readiness with one long-lived metadata client."""
 
-    def __init__(self, servers: list[str], timeout_ms: int) -> None:
-        self._servers = servers
+    def __init__(self, stack: StackSettings, timeout_ms: int) -> None:
+        self._stack = stack
         self._timeout_ms = timeout_ms
         self._client: Any = None
 
     async def answers(self) -> bool:
         try:
             if self._client is None:
-                client = AIOKafkaClient(bootstrap_servers=self._servers, request_timeout_ms=self._timeout_ms)
+                client = kafka.metadata_client(
+                    self._stack, client_id="mess-ingest-probe", request_timeout_ms=self._timeout_ms
+                )
                 self._client = client
                 await asyncio.wait_for(client.bootstrap(), _PROBE_TIMEOUT_S)
             await asyncio.wait_for(self._client.fetch_all_metadata(), _PROBE_TIMEOUT_S)
@@ -211,7 +214,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[IngestResources]:
             scan=DropScan(settings, store, ingestor, registry),
             follower=TrackStatusFollower(settings, registry, membership, stopping),
             reconciler=Reconciler(settings, store, registry, membership, stopping),
-            broker_probe=BrokerProbe(stack.kafka_servers, settings.kafka_timeout_ms),
+            broker_probe=BrokerProbe(stack, settings.kafka_timeout_ms),
             termination=termination,
         )
         exits.push_async_callback(resources.broker_probe.close)

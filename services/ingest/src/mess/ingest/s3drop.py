@@ -23,6 +23,23 @@ Importers describe their objects with user metadata ``mess-dataset``,
 ``mess-track-id`` and ``mess-metadata`` (ASCII-escaped TrackMetadata JSON);
 without them an object is dataset ``s3``, its id the first 32 hex digits of
 its sha256, its title the file name and its tags the folders.
+
+What a drop may claim (the bucket's trust model; see the README). Whoever
+can write the drop prefix can name any metadata, so a name proves nothing
+beyond the right to write where the object lies:
+
+* ``mess-dataset`` must be a dataset name (the id alphabet), may not be the
+  API's own ``upload``, and the object must lie in that dataset's folder,
+  ``{drop prefix}{dataset}/``. Write access to a dataset is then write access
+  to its folder, which the bucket's policy can grant per dataset.
+* ``mess-track-id`` must lie in that dataset's namespace: the ids
+  ``track_id_from_parts(dataset, ...)`` makes all begin ``{dataset}-``.
+* Replacing or reviving an existing track needs the authority that wrote it
+  (``registry.may_rewrite``): a drop never touches an upload's track nor
+  another dataset's.
+
+A refused claim is a rejection like any other: recorded (``/drops`` shows
+it), dead-lettered, and not retried until the object changes.
 """
 
 from __future__ import annotations
@@ -42,13 +59,22 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from mess.contracts.events import TrackMetadata
-from mess.contracts.ids import is_track_id
-from mess.contracts.storage import audio_key
+from mess.contracts.ids import dataset_namespace, is_dataset_name, is_track_id
+from mess.contracts.limits import MAX_METADATA_BYTES
 from mess.ingest import metrics
 from mess.ingest.audio import AudioLimits, UnacceptableAudioError, inspect_audio
-from mess.ingest.metadata import control_character_problem
-from mess.ingest.outages import BACKEND_ERRORS
-from mess.ingest.registry import DropSource, RejectedContent, StoredAudio, TrackCandidate
+from mess.ingest.metadata import metadata_problem
+from mess.ingest.outages import BACKEND_ERRORS, is_transient
+from mess.ingest.registry import (
+    ClaimRefusedError,
+    DropSource,
+    Registration,
+    RejectedContent,
+    StoredAudio,
+    TrackCandidate,
+    UnstorableTrackError,
+    undo_keep,
+)
 from mess.ingest.store import is_missing
 from mess.runtime.deadletter import dead_letter
 from mess.runtime.termination import wait_or_stop
@@ -64,6 +90,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DROP_DATASET = "s3"
+# The dataset of API uploads: its tracks are written with a key, and no drop may pose as one.
+RESERVED_DATASETS = frozenset({"upload"})
 META_DATASET = "mess-dataset"
 META_TRACK_ID = "mess-track-id"
 META_METADATA = "mess-metadata"
@@ -103,13 +131,16 @@ def guess_metadata(key: str, prefix: str) -> TrackMetadata:
     return TrackMetadata(title=title, tags=tags)
 
 
-def identity_of(key: str, prefix: str, user_metadata: dict[str, str]) -> DropIdentity:
-    """Who a dropped object says it is, from its S3 user metadata (importers) or its key (anyone else)."""
+def identity_of(
+    key: str, prefix: str, user_metadata: dict[str, str], max_metadata_bytes: int = MAX_METADATA_BYTES
+) -> DropIdentity:
+    """Who a dropped object says it is, from its S3 user metadata (importers) or its key (anyone else);
+    raises ``DropMetadataError`` for metadata that is malformed or claims what the object may not."""
     dataset = user_metadata.get(META_DATASET, "").strip()
     track_id = user_metadata.get(META_TRACK_ID, "").strip() or None
     described = user_metadata.get(META_METADATA)
     if track_id is not None and not is_track_id(track_id):
-        raise DropMetadataError("bad_metadata", f"{META_TRACK_ID} {track_id!r} is not a valid track id")
+        raise DropMetadataError("bad_metadata", f"{META_TRACK_ID} {track_id[:200]!r} is not a valid track id")
     if described is not None:
         try:
             metadata = TrackMetadata.model_validate_json(described)
@@ -119,10 +150,31 @@ def identity_of(key: str, prefix: str, user_metadata: dict[str, str]) -> DropIde
         metadata = guess_metadata(key, prefix)
     if len(dataset) > 64:
         raise DropMetadataError("bad_metadata", f"{META_DATASET} is longer than 64 characters")
-    problem = control_character_problem(metadata)
+    problem = metadata_problem(metadata, max_metadata_bytes)
     if problem is not None:
         raise DropMetadataError("bad_metadata", problem)
+    if dataset or track_id is not None:
+        _check_claim(key, prefix, dataset or DROP_DATASET, track_id)
     return DropIdentity(dataset=dataset or DROP_DATASET, track_id=track_id, metadata=metadata)
+
+
+def _check_claim(key: str, prefix: str, dataset: str, track_id: str | None) -> None:
+    """A named dataset or a claimed id is believed only as far as where the object lies allows."""
+    if not is_dataset_name(dataset):
+        raise DropMetadataError("bad_metadata", f"{META_DATASET} {dataset[:64]!r} is not a dataset name")
+    if dataset in RESERVED_DATASETS:
+        raise DropMetadataError("claim_refused", f"dataset {dataset!r} is the API's; a drop may not claim it")
+    folder = f"{prefix}{dataset}/"
+    if not key.startswith(folder):
+        raise DropMetadataError(
+            "claim_refused", f"an object of dataset {dataset!r} must lie under {folder} (it names the dataset)"
+        )
+    if track_id is not None and not track_id.startswith(dataset_namespace(dataset)):
+        raise DropMetadataError(
+            "claim_refused",
+            f"{META_TRACK_ID} {track_id!r} is not in the namespace of dataset {dataset!r} "
+            f"(ids beginning {dataset_namespace(dataset)!r})",
+        )
 
 
 class DropIngestor:
@@ -144,11 +196,15 @@ class DropIngestor:
         # Decoding is CPU-bound: bound how many objects are validated at once, notices and scans together.
         self._slots = asyncio.Semaphore(settings.drop_concurrency)
         self.in_progress = 0
+        # Keys no row can name, reported once per process rather than at every scan.
+        self._reported_keys: set[str] = set()
 
     async def ingest(self, key: str, etag: str | None = None) -> DropOutcome:
         """Ingest one object; raises ``DropIntakeStoppedError`` when the service stopped before it began."""
         if not key.startswith(self.prefix) or key.endswith("/"):
             return DropOutcome(key, "skipped", reason="not an object under the drop prefix")
+        if not storable_key(key):
+            return await self.report_unstorable_key(key)
         async with self._slots:
             # Checked after the wait for a slot: an object that waited through the stop request is not started.
             if self.stopping.is_set():
@@ -156,7 +212,7 @@ class DropIngestor:
             self.in_progress += 1
             metrics.DROPS_IN_PROGRESS.inc()
             try:
-                outcome = await self._ingest(key, etag)
+                outcome = await self._ingest_or_refuse(key, etag)
             finally:
                 self.in_progress -= 1
                 metrics.DROPS_IN_PROGRESS.dec()
@@ -164,6 +220,21 @@ class DropIngestor:
         if outcome.outcome == "rejected":
             log.info("dropped object %s rejected: %s", key, outcome.reason)
         return outcome
+
+    async def _ingest_or_refuse(self, key: str, etag: str | None) -> DropOutcome:
+        """``_ingest``, with any failure that is not an outage made a rejection: an object that fails the same
+        way every time must be settled, not retried at every notice and scan for ever."""
+        try:
+            return await self._ingest(key, etag)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.exception("dropped object %s could not be ingested; it is rejected until it changes", key)
+            head = await self.store.head(key)
+            drop = DropSource(key, head.etag if head is not None else None)
+            return await self._reject(
+                drop, "unprocessable", f"the object could not be processed ({type(exc).__name__})", None
+            )
 
     async def _ingest(self, key: str, etag: str | None) -> DropOutcome:
         head = await self.store.head(key)
@@ -175,7 +246,7 @@ class DropIngestor:
         if key in await self.registry.settled_drops([drop]):
             return DropOutcome(key, "skipped", reason="already ingested")
         try:
-            identity = identity_of(key, self.prefix, head.metadata)
+            identity = identity_of(key, self.prefix, head.metadata, self.settings.max_metadata_bytes)
         except DropMetadataError as exc:
             return await self._reject(drop, exc.kind, exc.message, None)
         if head.size_bytes > self.settings.max_drop_bytes:
@@ -207,20 +278,57 @@ class DropIngestor:
                 )
                 return await self._reject(drop, exc.kind, exc.message, content)
 
-        existing = await self.registry.existing_content(sha256)
-        if existing is None:
-            audio_uri = await self.store.keep(key, sha256, facts.extension)
-        else:
-            audio_uri = self.store.uri(audio_key(sha256, facts.extension))  # not written: the content is known
         candidate = TrackCandidate(
             track_id=track_id,
             dataset=identity.dataset,
             metadata=identity.metadata,
-            audio=StoredAudio(sha256=sha256, audio_uri=audio_uri, size_bytes=size, facts=facts),
+            audio=StoredAudio(
+                sha256=sha256, audio_uri=self.store.audio_uri(sha256, facts.extension), size_bytes=size, facts=facts
+            ),
             source_key=key,
         )
-        registration = await self.registry.register(candidate, drop)
+        try:
+            # Every value against its column before the copy: a refusal then leaves nothing behind.
+            self.registry.check(candidate)
+            registration = await self._keep_and_register(candidate, drop)
+        except (UnstorableTrackError, ClaimRefusedError) as exc:
+            return await self._reject(drop, exc.kind, str(exc), None)
         return DropOutcome(key, "registered" if registration.announced else "duplicate", track_id=registration.track_id)
+
+    async def _keep_and_register(self, candidate: TrackCandidate, drop: DropSource) -> Registration:
+        audio = candidate.audio
+        created = False
+        if await self.registry.existing_content(audio.sha256) is None:  # known content is not written again
+            created = await self.store.keep(drop.key, audio.sha256, audio.facts.extension)
+        try:
+            registration = await self.registry.register(candidate, drop)
+        except BaseException:
+            if created:
+                await undo_keep(self.registry, self.store, audio)
+            raise
+        if registration.existing and registration.announced:
+            # Revived content: make sure a removal's erasure did not take the object from under the revival.
+            await self.store.keep(drop.key, audio.sha256, audio.facts.extension)
+        return registration
+
+    async def report_unstorable_key(self, key: str) -> DropOutcome:
+        """A key no Postgres text can hold (NUL): it cannot be recorded as rejected, so it is dead-lettered
+        (once per process; a scan meets it again every interval), counted and logged, and skipped."""
+        shown = printable_key(key)
+        if key not in self._reported_keys:
+            self._reported_keys.add(key)
+            log.warning("dropped object %s has a key no row can hold (a NUL character); skipped", shown)
+            await self.registry.record_dead_letter(
+                dead_letter(
+                    stage="ingest",
+                    error_kind="bad_key",
+                    error=f"the object key {shown} holds a NUL character; the object is skipped",
+                    raw=json.dumps({"bucket": self.store.bucket, "key": shown}).encode(),
+                ),
+                key=_letter_key(self.store.bucket, shown),
+            )
+        metrics.DROPPED_OBJECTS.labels("bad_key").inc()
+        return DropOutcome(shown, "skipped", reason="bad_key: the object key holds a NUL character")
 
     async def _reject(self, drop: DropSource, kind: str, message: str, content: RejectedContent | None) -> DropOutcome:
         letter = dead_letter(
@@ -230,10 +338,26 @@ class DropIngestor:
             raw=json.dumps({"bucket": self.store.bucket, "key": drop.key, "etag": drop.etag}).encode(),
             track_id=content.track_id if content is not None else None,
         )
-        await self.registry.record_rejected_drop(drop, letter, content)
-        return DropOutcome(
-            drop.key, "rejected", track_id=content.track_id if content else None, reason=f"{kind}: {message}"
+        reason = f"{kind}: {message}"
+        await self.registry.record_rejected_drop(
+            drop, letter, content, reason=reason, letter_key=_letter_key(self.store.bucket, drop.key)
         )
+        return DropOutcome(drop.key, "rejected", track_id=content.track_id if content else None, reason=reason)
+
+
+def storable_key(key: str) -> bool:
+    """Whether Postgres text can hold ``key`` (S3 keys may hold NUL; text never can)."""
+    return "\x00" not in key
+
+
+def printable_key(key: str) -> str:
+    """``key`` with NUL and other control characters escaped: fit for a log line, a row or a message."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in key)[:2048]
+
+
+def _letter_key(bucket: str, key: str) -> str:
+    """The Kafka key of a dead letter about a dropped object: the object, so letters about it stay in order."""
+    return f"s3://{bucket}/{key}"[:1024]
 
 
 def _tee(hasher: Any, spool: IO[bytes]) -> Any:
@@ -354,7 +478,8 @@ class DropNoticeWorker:
             notices = parse_notice(body)
         except MalformedNoticeError as exc:
             await self.registry.record_dead_letter(
-                dead_letter(stage="ingest", error_kind="malformed_notice", error=str(exc), raw=body.encode())
+                dead_letter(stage="ingest", error_kind="malformed_notice", error=str(exc), raw=body.encode()),
+                key=self._letter_key(message),
             )
             await self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
             metrics.SQS_NOTICES.labels("malformed").inc()
@@ -377,6 +502,10 @@ class DropNoticeWorker:
             return
         await self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
         metrics.SQS_NOTICES.labels("handled" if notices else "test_event").inc()
+
+    def _letter_key(self, message: MessageTypeDef) -> str:
+        """A dead letter about a notice names no track and no Kafka message: its key is the SQS message."""
+        return f"sqs:{self.settings.stack.sqs_queue}:{message.get('MessageId', 'unknown')}"
 
     async def _hand_back(self, queue_url: str, message: MessageTypeDef) -> None:
         """A notice not started before the stop: visible again at once, for another replica or the next start."""
@@ -401,7 +530,8 @@ class DropNoticeWorker:
                     error=repr(exc),
                     raw=body.encode(),
                     attempts=receives,
-                )
+                ),
+                key=self._letter_key(message),
             )
             await self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
             metrics.SQS_NOTICES.labels("dead_lettered").inc()
@@ -446,11 +576,15 @@ class DropScan:
         async for page in paginator.paginate(Bucket=self.store.bucket, Prefix=self.settings.stack.drop_prefix):
             if self.stopping.is_set():
                 break
-            objects = [
+            listed = [
                 DropSource(item["Key"], (item.get("ETag") or "").strip('"') or None)
                 for item in page.get("Contents", [])
                 if not item["Key"].endswith("/")
             ]
+            # A key no row can hold would fail the lookup of the whole page: report it alone and go on.
+            objects = [o for o in listed if storable_key(o.key)]
+            for bad in (o for o in listed if not storable_key(o.key)):
+                await self.ingestor.report_unstorable_key(bad.key)
             settled = await self.registry.settled_drops(objects)
             waiting = [o for o in objects if o.key not in settled]
             outcomes = await asyncio.gather(
@@ -460,8 +594,9 @@ class DropScan:
                 if isinstance(outcome, DropIntakeStoppedError):
                     continue  # the next scan (here or on another replica) takes it
                 if isinstance(outcome, BaseException):
-                    if not isinstance(outcome, BACKEND_ERRORS):
-                        raise outcome
-                    log.warning("drop scan could not ingest %s (%s); the next scan retries it", source.key, outcome)
+                    if not isinstance(outcome, Exception):
+                        raise outcome  # cancellation and the like end the scan
+                    # One object's failure never costs the others of the page their turn.
+                    log.warning("drop scan could not ingest %s (%r); the next scan retries it", source.key, outcome)
             handed += len(waiting)
         return handed

@@ -7,7 +7,11 @@ three topics and moves tracks through the registry:
   the track now holds is stale and ignored);
 * TrackFailed from the embed or index stage: ``-> failed`` with stage and reason;
 * SnapshotPublished: the snapshot's id files are read from S3 and every
-  track in them becomes ``indexed`` with the snapshot version.
+  track in them becomes ``indexed`` with the snapshot version. Only a
+  snapshot whose manifest lies where the indexer puts exactly that version,
+  and which LATEST names, is read; one LATEST has moved past is superseded
+  (skipped), anything else is dead-lettered (``mess.contracts.storage``'s
+  checks, the ones the query service applies).
 
 Every update is idempotent, so at-least-once delivery and replays are
 harmless. A message that cannot be parsed, or a snapshot whose files are
@@ -40,11 +44,20 @@ from pydantic import ValidationError
 
 from mess.contracts.events import SnapshotPublished, TrackEmbedded, TrackFailed
 from mess.contracts.ids import is_track_id
-from mess.contracts.storage import LATEST_KEY, SnapshotManifest, split_s3_uri
+from mess.contracts.storage import (
+    LATEST_KEY,
+    LatestAgreement,
+    SnapshotCheckError,
+    agreement_with_latest,
+    check_manifest,
+    check_snapshot_location,
+    split_s3_uri,
+)
 from mess.ingest import metrics
 from mess.ingest.outages import BACKEND_ERRORS
 from mess.ingest.store import is_missing
-from mess.runtime.deadletter import dead_letter
+from mess.runtime import kafka
+from mess.runtime.deadletter import dead_letter, send_dead_letter
 from mess.runtime.termination import wait_or_stop
 
 if TYPE_CHECKING:
@@ -66,6 +79,13 @@ class SnapshotGoneError(SnapshotUnreadableError):
     """The manifest is not in the bucket (any more)."""
 
 
+class SnapshotSupersededError(SnapshotUnreadableError):
+    """LATEST has moved past the snapshot: a late event, nothing to read and nothing wrong.
+
+    A SnapshotUnreadableError only so that callers that merely skip an
+    unreadable snapshot (the reconciler) skip this one too."""
+
+
 class SnapshotMembership:
     """Marks the tracks of a published snapshot as indexed."""
 
@@ -74,10 +94,28 @@ class SnapshotMembership:
         self.registry = registry
 
     async def apply(self, version: str, manifest_uri: str) -> int:
-        """Read the manifest and its id files; returns how many tracks became indexed now."""
-        manifest = SnapshotManifest.model_validate_json(await self._read(manifest_uri, "manifest"))
-        if manifest.version != version:
-            raise SnapshotUnreadableError(f"{manifest_uri} describes version {manifest.version}, not {version}")
+        """Read the manifest and its id files; returns how many tracks became indexed now.
+
+        Raises SnapshotUnreadableError for a snapshot the indexer did not publish (wrong place, wrong
+        version format, ahead of LATEST) or whose files are broken, SnapshotSupersededError for one
+        LATEST has moved past.
+        """
+        try:
+            check_snapshot_location(version, manifest_uri, self.store.bucket)
+        except SnapshotCheckError as exc:
+            raise SnapshotUnreadableError(str(exc)) from exc
+        latest = await self._read_latest()
+        agreement = agreement_with_latest(version, latest)
+        if agreement is LatestAgreement.SUPERSEDED:
+            # Its tracks are in the snapshot LATEST names, whose event (and the reconciler) marks them.
+            raise SnapshotSupersededError(f"LATEST is {latest}, past {version}")
+        if agreement is LatestAgreement.REFUSED:
+            named = (latest or "nothing")[:140]
+            raise SnapshotUnreadableError(f"snapshot {version} is not what LATEST names ({named!r})")
+        try:
+            manifest = check_manifest(await self._read(manifest_uri, "manifest"), version)
+        except SnapshotCheckError as exc:
+            raise SnapshotUnreadableError(f"{manifest_uri}: {exc}") from exc
         changed = 0
         for shard in manifest.shards:
             raw = await self._read(f"s3://{self.store.bucket}/{shard.ids.key}", f"shard {shard.shard} ids")
@@ -96,14 +134,17 @@ class SnapshotMembership:
 
     async def superseded(self, version: str) -> bool:
         """Whether ``LATEST`` has moved past ``version`` (whose files retention may then have removed)."""
+        # Compared as the indexer's counters (agreement_with_latest), never as text.
+        return agreement_with_latest(version, await self._read_latest()) is LatestAgreement.SUPERSEDED
+
+    async def _read_latest(self) -> str | None:
         try:
-            latest = (await self.store.read_bytes(LATEST_KEY)).decode("utf-8").strip()
+            raw = await self.store.read_bytes(LATEST_KEY)
         except ClientError as exc:
             if is_missing(exc):
-                return False
+                return None
             raise
-        # Versions are zero-padded counters: text order is their order.
-        return bool(latest) and latest > version
+        return raw.decode("utf-8", errors="replace").strip() or None
 
     async def _read(self, uri: str, what: str) -> bytes:
         bucket, key = split_s3_uri(uri)
@@ -140,8 +181,8 @@ class TrackStatusFollower:
         self.started = asyncio.Event()
 
     def build_broker(self) -> KafkaBroker:
-        broker = KafkaBroker(
-            self.settings.stack.kafka_servers,
+        broker = kafka.broker(
+            self.settings.stack,
             # Not kafka_timeout_ms: a JoinGroup answer may wait out the group's rebalance, so this must exceed it.
             client_id="mess-ingest-status",
             log_level=logging.DEBUG,  # faststream logs every message at its level; keep that out of INFO
@@ -259,6 +300,8 @@ class TrackStatusFollower:
             async def index() -> str:
                 try:
                     changed = await self.membership.apply(snapshot.version, snapshot.manifest_uri)
+                except SnapshotSupersededError:
+                    return "superseded"
                 except SnapshotGoneError:
                     # Read late (a lagging or restarted consumer): the indexer has published newer
                     # snapshots since and its retention removed this one. The newer ones hold the
@@ -289,7 +332,7 @@ class TrackStatusFollower:
         if broker is None:
             raise RuntimeError("the status consumer has no broker to dead-letter with")
         # Raises when the broker is down: the message is then rewound, not lost.
-        await broker.publish(letter.to_bytes(), topic=self.topics.tracks_failed, key=letter.key().encode())
+        await send_dead_letter(kafka.via_broker(broker), self.topics.tracks_failed, letter)
         log.warning("dead-lettered %s:%s@%s: %s", record.topic, record.partition, record.offset, error)
 
 

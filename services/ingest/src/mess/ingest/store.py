@@ -5,6 +5,10 @@ body in memory), because its content hash, and so its final key
 (``mess.contracts.storage.audio_key``), is only known once the last byte has
 arrived. Accepted audio is then copied to its content-addressed key inside
 S3 and the staging object is deleted; rejected audio is just deleted.
+
+A copy made for a registration that then failed is deleted again
+(``forget``), and removing a track erases its audio and waveform objects
+(``erase``): what ingest stored on a track's behalf never outlives it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mess.contracts.storage import audio_key
+from mess.contracts.storage import AUDIO_PREFIX, audio_key, split_s3_uri, waveform_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -117,20 +121,39 @@ class AudioStore:
     def staged_upload(self) -> StagedUpload:
         return StagedUpload(self.s3, self.bucket, self.part_bytes)
 
-    async def keep(self, source_key: str, sha256: str, extension: str) -> str:
-        """Copy an object to its content-addressed audio key (once per content); returns the audio URI."""
-        key = audio_key(sha256, extension)
-        if await self.head(key) is None:
-            await self.s3.copy_object(
-                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}
-            )
-        return self.uri(key)
+    def audio_uri(self, sha256: str, extension: str) -> str:
+        """Where ``keep`` puts this content: known before anything is written, so it can be checked first."""
+        return self.uri(audio_key(sha256, extension))
 
-    async def promote(self, staged: StagedUpload, sha256: str, extension: str) -> str:
-        """Move a staged upload to its audio key; returns the audio URI."""
-        uri = await self.keep(staged.key, sha256, extension)
-        await staged.discard()
-        return uri
+    async def keep(self, source_key: str, sha256: str, extension: str) -> bool:
+        """Copy an object to its content-addressed audio key (once per content); True when this call
+        created the audio object (and so owns undoing it if the registration fails)."""
+        key = audio_key(sha256, extension)
+        if await self.head(key) is not None:
+            return False
+        await self.s3.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
+        return True
+
+    async def forget(self, audio_uri: str) -> None:
+        """Delete an audio object ``keep`` created for a registration that failed; a failure here is logged
+        (the object is then garbage), never raised over the registration's own error."""
+        try:
+            bucket, key = split_s3_uri(audio_uri)
+            if bucket == self.bucket and key.startswith(AUDIO_PREFIX):
+                await self.s3.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError, OSError, ValueError):
+            log.warning("could not delete %s after a failed registration; it is garbage now", audio_uri)
+
+    async def erase(self, track_id: str, audio_uri: str | None) -> None:
+        """Delete a removed track's waveform and audio. Only objects ingest itself stores are touched: an
+        audio URI outside ``audio/`` (a rejected drop's row points at the dropped object, which belongs to
+        whoever dropped it) is left alone. Deleting what is already gone succeeds, so this repeats safely."""
+        await self.s3.delete_object(Bucket=self.bucket, Key=waveform_key(track_id))
+        if audio_uri is None:
+            return
+        bucket, key = split_s3_uri(audio_uri)
+        if bucket == self.bucket and key.startswith(AUDIO_PREFIX):
+            await self.s3.delete_object(Bucket=bucket, Key=key)
 
     async def head(self, key: str) -> ObjectHead | None:
         try:

@@ -8,6 +8,10 @@ S3 as multipart-upload parts. The size limit is checked on every chunk, so an
 oversized body is refused (413) after at most one chunk past the limit. Only
 once the last byte is in is the audio decoded; a rejection deletes the staged
 object, so a refused upload leaves neither an object nor a row.
+
+Every value of the track is checked against its column before the audio is
+copied to its content-addressed key; should the registration fail anyway
+(Postgres down), the copy this upload made is deleted again.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from mess.contracts.events import TrackMetadata
+from mess.contracts.limits import MAX_METADATA_BYTES
 from mess.ingest import metrics
 from mess.ingest.audio import AudioLimits, UnacceptableAudioError, inspect_audio
-from mess.ingest.metadata import control_character_problem
-from mess.ingest.registry import Registration, StoredAudio, TrackCandidate
+from mess.ingest.metadata import metadata_problem
+from mess.ingest.registry import Registration, StoredAudio, TrackCandidate, UnstorableTrackError, undo_keep
 
 if TYPE_CHECKING:
     from mess.ingest.config import Settings
@@ -164,8 +169,11 @@ class _FormStream:
         await self._staged.write(chunk)
 
 
-def metadata_from_form(fields: dict[str, list[str]], filename: str | None, max_chars: int) -> TrackMetadata:
-    """The optional metadata fields of an upload; the title defaults to the file's name without extension."""
+def metadata_from_form(
+    fields: dict[str, list[str]], filename: str | None, max_chars: int, max_bytes: int = MAX_METADATA_BYTES
+) -> TrackMetadata:
+    """The optional metadata fields of an upload; the title defaults to the file's name without extension.
+    Raises ``UploadError`` (422) for metadata a track cannot hold: checked before anything is kept."""
     unknown = sorted(set(fields) - set(METADATA_FIELDS))
     if unknown:
         raise UploadError(
@@ -193,9 +201,10 @@ def metadata_from_form(fields: dict[str, list[str]], filename: str | None, max_c
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise UploadError(422, "bad_metadata", problems) from exc
-    # Checked here, before the audio is kept: a title from a file name with a NUL byte would otherwise
-    # fail the insert after the object was stored, leaving it behind with a 503 as the answer.
-    problem = control_character_problem(metadata)
+    # Checked here, before the audio is kept: a title from a file name with a NUL byte, or a year no
+    # integer column holds, would otherwise fail the insert after the object was stored, leaving it behind
+    # with a 503 as the answer; metadata too large for one event would never leave the outbox.
+    problem = metadata_problem(metadata, max_bytes)
     if problem is not None:
         source = " (the title comes from the file name)" if "title" not in fields and filename else ""
         raise UploadError(422, "bad_metadata", problem + source)
@@ -224,10 +233,11 @@ class UploadIntake:
     async def _accept(self, request: Request, boundary: bytes) -> UploadResult:
         staged = self.store.staged_upload()
         spool = tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes)  # noqa: SIM115 - closed below
-        kept = False
         try:
             form = await self._receive(request, boundary, staged, spool)
-            metadata = metadata_from_form(form.fields, form.filename, self.settings.max_field_chars)
+            metadata = metadata_from_form(
+                form.fields, form.filename, self.settings.max_field_chars, self.settings.max_metadata_bytes
+            )
             sha256 = form.sha256
             # Known content was validated when it first came: answer without decoding it again.
             existing = await self.registry.existing_content(sha256)
@@ -238,21 +248,43 @@ class UploadIntake:
                 facts = await asyncio.to_thread(inspect_audio, spool, self.limits)
             except UnacceptableAudioError as exc:
                 raise UploadError(415, exc.kind, exc.message) from exc
-            audio_uri = await self.store.promote(staged, sha256, facts.extension)
-            kept = True
             candidate = TrackCandidate(
                 track_id=sha256[:32],
                 dataset=UPLOAD_DATASET,
                 metadata=metadata,
-                audio=StoredAudio(sha256=sha256, audio_uri=audio_uri, size_bytes=form.file_bytes, facts=facts),
+                audio=StoredAudio(
+                    sha256=sha256,
+                    audio_uri=self.store.audio_uri(sha256, facts.extension),
+                    size_bytes=form.file_bytes,
+                    facts=facts,
+                ),
             )
-            registration = await self.registry.register(candidate)
+            try:
+                self.registry.check(candidate)
+                registration = await self._keep_and_register(staged.key, candidate)
+            except UnstorableTrackError as exc:
+                raise UploadError(422, exc.kind, str(exc)) from exc
             metrics.UPLOAD_BYTES.inc(form.file_bytes)
             return UploadResult(registration, sha256, form.file_bytes, facts.duration_s)
         finally:
             spool.close()
-            if not kept:
-                await staged.discard()
+            await staged.discard()
+
+    async def _keep_and_register(self, source_key: str, candidate: TrackCandidate) -> Registration:
+        """Copy the audio to its key and register it; a copy made here is deleted again if registering fails."""
+        sha256, extension = candidate.audio.sha256, candidate.audio.facts.extension
+        created = await self.store.keep(source_key, sha256, extension)
+        try:
+            registration = await self.registry.register(candidate)
+        except BaseException:
+            if created:
+                await undo_keep(self.registry, self.store, candidate.audio)
+            raise
+        if registration.existing and registration.announced:
+            # Content brought back: a removal's erasure may have deleted the object between our copy and the
+            # revival (it holds the row lock, the copy did not). Copy again if so; a no-op otherwise.
+            await self.store.keep(source_key, sha256, extension)
+        return registration
 
     async def _receive(self, request: Request, boundary: bytes, staged: StagedUpload, spool: IO[bytes]) -> _FormStream:
         form = _FormStream(self.settings, staged, spool)

@@ -17,6 +17,7 @@ def main() -> int:
         port=settings.port,
         graceful_s=settings.shutdown_grace_s,
         access_log=settings.access_log,
+        limits=settings.client_limits(),
     )
 
 

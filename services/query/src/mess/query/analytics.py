@@ -27,6 +27,8 @@ from aiokafka.errors import KafkaError
 from mess.contracts.events import RecommendationServed, TrackFailed
 from mess.query.config import Settings
 from mess.query.metrics import QueryMetrics
+from mess.runtime import kafka
+from mess.runtime.deadletter import send_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,7 @@ class AnalyticsPublisher:
             log.error("dead letter lost, broker unavailable: %s", letter.model_dump_json())
             return
         try:
-            await producer.send_and_wait(
-                self._settings.stack.topics.tracks_failed, letter.to_bytes(), key=letter.key().encode()
-            )
+            await send_dead_letter(kafka.via_producer(producer), self._settings.stack.topics.tracks_failed, letter)
         except KafkaError as exc:
             log.error("dead letter lost (%s): %s", exc, letter.model_dump_json())
 
@@ -118,8 +118,8 @@ class AnalyticsPublisher:
                 log.warning("analytics producer did not close cleanly: %r", exc)
 
     async def _connect(self) -> bool:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.stack.kafka_servers,
+        producer = kafka.producer(
+            self._settings.stack,
             client_id=f"mess-query-{uuid.uuid4().hex[:8]}",
             request_timeout_ms=self._settings.kafka_timeout_ms,
             linger_ms=50,  # batch events: analytics can wait, and one produce request per event is costly
@@ -165,7 +165,12 @@ class AnalyticsPublisher:
             return
         try:
             # send() only appends to a batch; the delivery is awaited by the callback.
-            delivery = await producer.send(topic, event.to_bytes(), key=event.key().encode())
+            delivery = await producer.send(
+                topic,
+                event.to_bytes(),
+                key=event.key().encode(),
+                headers=[(name, value.encode()) for name, value in kafka.event_headers(event).items()],
+            )
         except KafkaError as exc:
             self._metrics.analytics_dropped.labels("broker_error").inc()
             log.warning("RecommendationServed dropped: %s", exc)

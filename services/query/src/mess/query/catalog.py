@@ -14,7 +14,7 @@ import binascii
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -23,6 +23,7 @@ from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict
 
 from mess.contracts.ids import is_track_id
+from mess.query.filters import TrackFilters
 from mess.query.metrics import QueryMetrics
 
 log = logging.getLogger(__name__)
@@ -255,3 +256,33 @@ class TrackCatalog:
         records = [TrackRecord.from_row(row) for row in rows[:limit]]
         next_cursor = encode_cursor(records[-1].id) if len(rows) > limit and records else None
         return records, next_cursor
+
+    async def matching_ids(self, filters: TrackFilters, limit: int) -> tuple[str, ...]:
+        """Ids of the tracks that match, at most ``limit`` of them (ask for one more than you can use to learn
+        whether there are more)."""
+        args: list[object] = []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        where = " AND ".join(filters.sql(arg))
+        query = f"SELECT id FROM tracks WHERE {where} LIMIT {arg(limit)}"  # noqa: S608 - values are bound arguments
+        async with self._connection() as connection:
+            rows = await connection.fetch(query, *args)
+        return tuple(str(row["id"]) for row in rows)
+
+    async def matching_among(self, filters: TrackFilters, track_ids: Sequence[str]) -> set[str]:
+        """Which of ``track_ids`` match (the same predicate as ``matching_ids``)."""
+        if not track_ids:
+            return set()
+        args: list[object] = [list(track_ids)]
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        where = " AND ".join(["id = ANY($1::text[])", *filters.sql(arg)])
+        async with self._connection() as connection:
+            rows = await connection.fetch(f"SELECT id FROM tracks WHERE {where}", *args)  # noqa: S608 - bound values
+        return {str(row["id"]) for row in rows}

@@ -5,13 +5,22 @@ single HTTP byte range so that players can seek; or, by setting, answered with
 a redirect to a short-lived presigned URL so the bytes bypass the service.
 Waveform peaks are the embedder's JSON document; ``render_waveform_png``
 draws them (one vertical line from min to max per pixel column).
+
+What is served is never what the stored object claims. The bucket is
+writable by more parties than the API (drops), so an object's ContentType
+and key are an attacker's choice: the type comes from the object's own first
+bytes (the container ingest decoded), from an allow-list of audio types, and
+anything else is not served at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +33,10 @@ from mess.contracts.storage import WaveformPeaks, split_s3_uri, waveform_key
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# 18 digits: past any object size, and short enough that int() never refuses the text.
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
+# Bytes read from the start of an object to recognise its container.
+SNIFF_BYTES = 16
 
 
 class MediaMissingError(Exception):
@@ -33,6 +45,10 @@ class MediaMissingError(Exception):
 
 class MediaUnavailableError(Exception):
     """S3 failed; try again later."""
+
+
+class NotAudioError(Exception):
+    """The stored object is not one of the audio containers ingest accepts; it is never served."""
 
 
 class RangeNotSatisfiableError(Exception):
@@ -49,6 +65,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if not header:
         return None
+    if size == 0:
+        # Nothing can be selected from an empty object, a suffix range included (RFC 9110 14.1.2).
+        raise RangeNotSatisfiableError(size)
     match = _RANGE.match(header.strip().replace(" ", ""))
     if match is None:
         return None
@@ -74,15 +93,39 @@ class AudioObject:
     bucket: str
     key: str
     size: int
-    content_type: str
+    content_type: str  # from AUDIO_TYPES, by the object's own bytes
     etag: str | None
+    extension: str
 
 
-_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg", "m4a": "audio/mp4"}
+# The allow-list: container -> (media type, file extension). Only these are ever served.
+AUDIO_TYPES: dict[str, tuple[str, str]] = {
+    "wav": ("audio/wav", "wav"),
+    "flac": ("audio/flac", "flac"),
+    "ogg": ("audio/ogg", "ogg"),
+    "mp3": ("audio/mpeg", "mp3"),
+}
+
+
+def sniff_audio(head: bytes) -> str | None:
+    """The container of an object from its first bytes, or None when it is not one we serve."""
+    if len(head) >= 12 and head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    # An ID3 tag, or an MPEG audio frame sync (11 set bits, layer bits not 00).
+    if head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and head[1] & 0x06):
+        return "mp3"
+    return None
 
 
 def _missing(error: ClientError) -> bool:
     return str(error.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404", "NotFound")
+
+
+_SNIFF_CACHE = 10_000
 
 
 class MediaStore:
@@ -90,6 +133,8 @@ class MediaStore:
         self._s3 = s3
         self._bucket = bucket
         self._chunk = chunk_bytes
+        # (bucket, key, etag) -> container: content-addressed objects never change under one etag.
+        self._sniffed: dict[tuple[str, str, str], str | None] = {}
 
     async def audio_object(self, audio_uri: str) -> AudioObject:
         bucket, key = split_s3_uri(audio_uri)
@@ -101,11 +146,34 @@ class MediaStore:
             raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         except (BotoCoreError, OSError) as exc:
             raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
-        extension = key.rsplit(".", 1)[-1].lower()
-        content_type = head.get("ContentType") or ""
-        if not content_type or content_type in ("binary/octet-stream", "application/octet-stream"):
-            content_type = _TYPES.get(extension, "application/octet-stream")
-        return AudioObject(bucket, key, int(head["ContentLength"]), content_type, head.get("ETag"))
+        size = int(head["ContentLength"])
+        etag = head.get("ETag")
+        container = await self._container(bucket, key, etag) if size else None
+        if container is None:
+            # An empty object, or one whose bytes are not audio (HTML named .wav, say): never served.
+            raise NotAudioError("the stored object of this track is not audio")
+        content_type, extension = AUDIO_TYPES[container]
+        return AudioObject(bucket, key, size, content_type, etag, extension)
+
+    async def _container(self, bucket: str, key: str, etag: str | None) -> str | None:
+        cache_key = (bucket, key, etag or "")
+        if cache_key in self._sniffed:
+            return self._sniffed[cache_key]
+        try:
+            response = await self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}")
+            async with response["Body"] as body:
+                head = await body.read()
+        except ClientError as exc:
+            if _missing(exc):
+                raise MediaMissingError("the audio object of this track is missing from storage") from exc
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
+        container = sniff_audio(head)
+        self._sniffed[cache_key] = container
+        while len(self._sniffed) > _SNIFF_CACHE:
+            del self._sniffed[next(iter(self._sniffed))]
+        return container
 
     async def stream(self, audio: AudioObject, byte_range: tuple[int, int] | None) -> AsyncIterator[bytes]:
         """Open the object (so S3 errors surface before the response starts) and return its chunks."""
@@ -130,15 +198,25 @@ class MediaStore:
 
         return chunks()
 
-    async def presigned_url(self, audio: AudioObject, expiry_s: int) -> str:
-        return await self._s3.generate_presigned_url(
-            "get_object", Params={"Bucket": audio.bucket, "Key": audio.key}, ExpiresIn=expiry_s
-        )
+    async def presigned_url(self, audio: AudioObject, expiry_s: int, filename: str) -> str:
+        # S3 would answer with the stored ContentType; the signed URL overrides it with ours.
+        params = {
+            "Bucket": audio.bucket,
+            "Key": audio.key,
+            "ResponseContentType": audio.content_type,
+            "ResponseContentDisposition": f'inline; filename="{filename}"',
+        }
+        return await self._s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expiry_s)
 
     async def waveform(self, track_id: str) -> WaveformPeaks:
+        return (await self.waveform_document(track_id))[0]
+
+    async def waveform_document(self, track_id: str) -> tuple[WaveformPeaks, str]:
+        """The peaks and the stored object's ETag (which names this version of them)."""
         key = waveform_key(track_id)
         try:
             response = await self._s3.get_object(Bucket=self._bucket, Key=key)
+            etag = str(response.get("ETag") or "")
             async with response["Body"] as body:
                 raw = await body.read()
         except ClientError as exc:
@@ -148,7 +226,7 @@ class MediaStore:
         except (BotoCoreError, OSError) as exc:
             raise MediaUnavailableError("the audio store (S3) failed; try again") from exc
         try:
-            return WaveformPeaks.model_validate_json(raw)
+            return WaveformPeaks.model_validate_json(raw), etag
         except ValidationError as exc:
             raise MediaUnavailableError(f"the stored waveform of {track_id} is not a valid peaks document") from exc
 
@@ -170,3 +248,38 @@ def render_waveform_png(peaks: WaveformPeaks, width: int, height: int) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)
     return out.getvalue()
+
+
+class WaveformRenderer:
+    """PNG waveforms drawn off the event loop, a bounded number at a time, and kept once drawn.
+
+    Drawing is pure Python per pixel column (tens of milliseconds for a wide
+    image): on the loop, a dozen of them stalled every other request, health
+    probes included. Renders run on their own threads behind a semaphore; a
+    finished PNG is kept (LRU, by track, peaks version and size), so a page
+    that shows the same waveform to many listeners draws it once.
+    """
+
+    def __init__(self, concurrency: int, cache_entries: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="mess-waveform")
+        self._cache: OrderedDict[tuple[str, str, int, int], bytes] = OrderedDict()
+        self._cache_entries = cache_entries
+
+    async def png(self, track_id: str, version: str, peaks: WaveformPeaks, width: int, height: int) -> bytes:
+        key = (track_id, version, width, height)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            png = await loop.run_in_executor(self._executor, render_waveform_png, peaks, width, height)
+        if self._cache_entries and version:
+            self._cache[key] = png
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return png
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

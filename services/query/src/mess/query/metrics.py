@@ -43,6 +43,22 @@ class QueryMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.strategy_refused = Counter(
+            "mess_query_strategy_refused_total",
+            "requests for an expensive strategy refused (503) because its bounded queue was full",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "mess_query_rate_limited_total", "reads refused (429) by the per-client rate limit", registry=r
+        )
+        self.cache_rejected = Counter(
+            "mess_query_cache_rejected_total",
+            "cache entries ignored because their authentication tag did not verify",
+            registry=r,
+        )
+        self.waveform_renders = Counter(
+            "mess_query_waveform_renders_total", "PNG waveform renders, by outcome", ["outcome"], registry=r
+        )
         self.snapshot_swaps = Counter("mess_query_snapshot_swaps_total", "snapshots swapped in", registry=r)
         self.snapshot_refused = Counter(
             "mess_query_snapshot_refused_total", "snapshots refused (old one kept serving)", ["reason"], registry=r
@@ -59,6 +75,13 @@ class QueryMetrics:
         self.snapshot_vectors = Gauge("mess_query_snapshot_vectors", "vectors in the serving snapshot", registry=r)
         self.snapshot_version = Gauge(
             "mess_query_snapshot_version", "serving snapshot version (as a number)", registry=r
+        )
+        # The time the serving snapshot was built, so "how stale is the index" is time() minus this,
+        # whatever the indexer is doing (a stuck indexer shows as a growing age, not as silence).
+        self.snapshot_created = Gauge(
+            "mess_query_snapshot_created_timestamp_seconds",
+            "when the serving snapshot was built (Unix time); its age is time() - this",
+            registry=r,
         )
         self.snapshot_events_bad = Counter(
             "mess_query_snapshot_events_malformed_total", "SnapshotPublished messages that did not parse", registry=r

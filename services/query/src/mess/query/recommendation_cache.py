@@ -7,12 +7,22 @@ key share a single lookup-and-compute in this process.
 Redis is an optimisation, never a dependency: any Redis error (or a command
 slower than the timeout) marks it down for a short while, during which
 requests skip it and are answered uncached; readiness reports "degraded".
+
+Trust. Keys are built only from canonical, quantised parameters (see
+``mess.query.strategies``), so a client cannot multiply entries by spelling
+one value many ways. Redis itself is outside the trust boundary: whoever can
+write to it could otherwise choose every answer. With ``cache_hmac_key`` set,
+each entry carries an HMAC-SHA256 tag over its key and body, and an entry
+whose tag does not verify is ignored (counted, recomputed, overwritten).
+Without a key, an entry is still checked to be a JSON object before use, so
+a poisoned entry costs a recomputation, never a 500 or a stopped task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -39,8 +49,15 @@ def cache_key(prefix: str, snapshot_version: str, track_id: str, k: int, strateg
 
 class RecommendationCache:
     def __init__(
-        self, redis: Redis | None, metrics: QueryMetrics, ttl_s: int, timeout_s: float, retry_s: float
+        self,
+        redis: Redis | None,
+        metrics: QueryMetrics,
+        ttl_s: int,
+        timeout_s: float,
+        retry_s: float,
+        hmac_key: bytes | None = None,
     ) -> None:
+        self._hmac_key = hmac_key
         self._redis = redis
         self._metrics = metrics
         self._ttl = ttl_s
@@ -85,14 +102,42 @@ class RecommendationCache:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("get", exc)
             return None
-        return value if isinstance(value, bytes) else None
+        if not isinstance(value, bytes):
+            return None
+        body = self._open(key, value)
+        if body is None:
+            self._metrics.cache_rejected.inc()
+            log.warning("ignored cache entry %s: not an entry this service wrote", key)
+        return body
+
+    def _tag(self, key: str, body: bytes) -> bytes:
+        if self._hmac_key is None:
+            return b""
+        return hmac.new(self._hmac_key, key.encode("utf-8") + b"\0" + body, hashlib.sha256).digest()
+
+    def _seal(self, key: str, body: bytes) -> bytes:
+        return self._tag(key, body) + body
+
+    def _open(self, key: str, value: bytes) -> bytes | None:
+        """The body of a stored entry, or None when it fails its tag or is not a JSON object."""
+        size = len(self._tag(key, b""))
+        tag, body = value[:size], value[size:]
+        if size and not hmac.compare_digest(tag, self._tag(key, body)):
+            return None
+        if not (body.startswith(b"{") and body.endswith(b"}")):
+            return None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        return body if isinstance(parsed, dict) and isinstance(parsed.get("recommendations"), list) else None
 
     async def _set(self, key: str, value: bytes) -> None:
         if self._redis is None or not self.available:
             return
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.set(key, value, ex=self._ttl)
+                await self._redis.set(key, self._seal(key, value), ex=self._ttl)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("set", exc)
 

@@ -23,20 +23,23 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import faiss
+import httpx
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from redis.asyncio import Redis
 
 from mess.query.analytics import AnalyticsPublisher
 from mess.query.catalog import TrackCatalog
+from mess.query.clips import ClipEmbedder
 from mess.query.config import Settings
-from mess.query.media import MediaStore
+from mess.query.media import MediaStore, WaveformRenderer
 from mess.query.metrics import QueryMetrics
 from mess.query.recommendation_cache import RecommendationCache
 from mess.query.recommender import Recommender
 from mess.query.searcher import SnapshotSearcher
 from mess.query.snapshot_follower import SnapshotFollower
 from mess.query.snapshots import SnapshotStore
+from mess.query.version_rerank import SnapshotSequences, VersionReranker
 from mess.runtime.termination import Termination
 
 if TYPE_CHECKING:
@@ -58,6 +61,8 @@ class Resources:
     analytics: AnalyticsPublisher
     recommender: Recommender
     media: MediaStore
+    waveforms: WaveformRenderer
+    clips: ClipEmbedder
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:
@@ -80,10 +85,23 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
     async with contextlib.AsyncExitStack() as exits:
         exits.enter_context(termination.watch_signals())
         s3_kwargs: dict[str, Any] = stack.s3_client_kwargs()
+        # Two S3 clients, two connection pools: listeners streaming /audio slowly can
+        # use up the media pool, never the one snapshot loading (the service's own work) needs.
         s3: S3Client = await exits.enter_async_context(
             get_session().create_client(
                 "s3",
-                config=AioConfig(max_pool_connections=32, retries={"max_attempts": 2}, signature_version="s3v4"),
+                config=AioConfig(max_pool_connections=8, retries={"max_attempts": 2}, signature_version="s3v4"),
+                **s3_kwargs,
+            )
+        )
+        media_s3: S3Client = await exits.enter_async_context(
+            get_session().create_client(
+                "s3",
+                config=AioConfig(
+                    max_pool_connections=settings.media_s3_connections,
+                    retries={"max_attempts": 2},
+                    signature_version="s3v4",
+                ),
                 **s3_kwargs,
             )
         )
@@ -113,8 +131,9 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
                 max_connections=64,
             )
             exits.push_async_callback(redis.aclose)
+        hmac_key = settings.cache_hmac_key.get_secret_value().encode() if settings.cache_hmac_key else None
         cache = RecommendationCache(
-            redis, metrics, settings.cache_ttl_s, settings.redis_timeout_s, settings.redis_retry_s
+            redis, metrics, settings.cache_ttl_s, settings.redis_timeout_s, settings.redis_retry_s, hmac_key
         )
 
         analytics = AnalyticsPublisher(settings, metrics)
@@ -131,6 +150,11 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
         follower.on_swap(forget_metadata)
         executor = ThreadPoolExecutor(max_workers=settings.search_threads, thread_name_prefix="mess-search")
         exits.callback(executor.shutdown, wait=True, cancel_futures=True)
+        # Expensive strategies get threads of their own: they can only wait on each other.
+        strategy_executor = ThreadPoolExecutor(
+            max_workers=settings.strategy_threads, thread_name_prefix="mess-strategy"
+        )
+        exits.callback(strategy_executor.shutdown, wait=True, cancel_futures=True)
         await follower.start()
         exits.push_async_callback(lambda: follower.stop(termination.remaining()))
 
@@ -143,8 +167,30 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
             executor,
             settings.search_concurrency,
             stack.redis_prefix,
+            limits=settings.strategy_limits(),
+            strategy_executor=strategy_executor,
+            strategy_queue=settings.strategy_queue,
+            strategy_wait_s=settings.strategy_wait_s,
+            reranker=VersionReranker(SnapshotSequences(), candidates=settings.version_candidates)
+            if settings.version_rerank
+            else None,
+            filter_limits=settings.filter_limits(),
         )
-        media = MediaStore(s3, stack.bucket, settings.audio_chunk_bytes)
+        # The one synchronous call to another service (search by clip): its own small connection pool.
+        embedder_client: httpx.AsyncClient | None = None
+        if settings.embedder_url:
+            embedder_client = httpx.AsyncClient(
+                base_url=settings.embedder_url,
+                timeout=settings.embedder_timeout_s,
+                limits=httpx.Limits(max_connections=settings.embedder_concurrency),
+            )
+            exits.push_async_callback(embedder_client.aclose)
+        clips = ClipEmbedder(
+            embedder_client, settings.clip_token(), settings.clip_max_seconds, settings.embedder_concurrency
+        )
+        media = MediaStore(media_s3, stack.bucket, settings.audio_chunk_bytes)
+        waveforms = WaveformRenderer(settings.waveform_render_concurrency, settings.waveform_render_cache)
+        exits.callback(waveforms.close)
         log.info(
             "query service started: bucket %s, schema %s, snapshots cached in %s",
             stack.bucket,
@@ -153,4 +199,4 @@ async def open_resources(settings: Settings, metrics: QueryMetrics) -> AsyncIter
         )
         # Runs first on the way out: starts the grace-period clock if no SIGTERM started it.
         exits.callback(termination.request)
-        yield Resources(settings, metrics, follower, catalog, cache, analytics, recommender, media)
+        yield Resources(settings, metrics, follower, catalog, cache, analytics, recommender, media, waveforms, clips)

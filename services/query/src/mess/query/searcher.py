@@ -11,6 +11,7 @@ index of the same kind would give.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mess.contracts.storage import SnapshotManifest
+from mess.query.sequences import PitchSequence, ShardSequenceTable
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -30,9 +32,11 @@ class LoadedShard:
     index: Any  # faiss.Index: faiss ships no type hints
     ids: tuple[str, ...]
     vectors: FloatMatrix
-    # (index sha256, ids sha256, vectors sha256, search params): equal keys mean equal shards,
-    # so a new snapshot can reuse a shard the serving one already loaded.
-    reuse_key: tuple[str, str, str, str]
+    # (index sha256, ids sha256, vectors sha256, search params, sequence sha256s): equal keys mean
+    # equal shards, so a new snapshot can reuse a shard the serving one already loaded.
+    reuse_key: tuple[str, ...]
+    # the rows' pitch sequences; None for a snapshot written before the indexer kept them
+    sequences: ShardSequenceTable | None = None
 
     @property
     def count(self) -> int:
@@ -82,6 +86,14 @@ class SnapshotSearcher:
         position, row = self.locations[track_id]
         return np.array(self.shards[position].vectors[row], dtype=np.float32)
 
+    def sequence_of(self, track_id: str) -> PitchSequence | None:
+        """The track's pitch sequence (a memmap slice), or None when its shard or the track has none."""
+        location = self.locations.get(track_id)
+        if location is None:
+            return None
+        shard = self.shards[location[0]]
+        return shard.sequences.of(location[1]) if shard.sequences is not None else None
+
     def vectors_of(self, neighbours: list[Neighbour]) -> FloatMatrix:
         if not neighbours:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
@@ -120,3 +132,85 @@ class SnapshotSearcher:
             )
             for i in best
         ]
+
+    def select(self, track_ids: Iterable[str]) -> dict[int, npt.NDArray[np.int64]]:
+        """Shard position -> sorted rows of the given tracks this snapshot holds (others are skipped)."""
+        rows: dict[int, list[int]] = {}
+        for track_id in track_ids:
+            location = self.locations.get(track_id)
+            if location is not None:
+                rows.setdefault(location[0], []).append(location[1])
+        return {position: np.array(sorted(found), dtype=np.int64) for position, found in rows.items()}
+
+    def propose(self, query: QueryVectors, n: int) -> list[Neighbour]:
+        """The ``n`` best by ``query``'s score: FAISS proposes ``n`` per proposing vector (one, unless the query
+        keeps several positives apart), and the union is scored exactly."""
+        if query.single:
+            return self.search(query.positives[0], n)
+        seen: dict[str, Neighbour] = {}
+        for vector in query.positives:
+            for neighbour in self.search(vector, n):
+                seen.setdefault(neighbour.track_id, neighbour)
+        found = list(seen.values())
+        return _best(found, query.score(self.vectors_of(found)), n)
+
+    def search_among(self, query: QueryVectors, selection: dict[int, npt.NDArray[np.int64]], n: int) -> list[Neighbour]:
+        """The exact ``n`` best among the selected rows (a filter's matches): an inner product per row, so the
+        cost is the selection's size, and the answer is brute force's whatever the index type."""
+        found: list[Neighbour] = []
+        scores: list[npt.NDArray[np.float64]] = []
+        for position in sorted(selection):
+            rows = selection[position]
+            shard = self.shards[position]
+            # Fancy indexing a memmap reads only the selected rows' pages.
+            scores.append(query.score(np.asarray(shard.vectors[rows], dtype=np.float32)))
+            found.extend(Neighbour(shard.ids[int(r)], 0.0, position, int(r)) for r in rows)
+        if not found:
+            return []
+        return _best(found, np.concatenate(scores), n)
+
+
+def _best(found: list[Neighbour], scores: npt.NDArray[np.float64], n: int) -> list[Neighbour]:
+    # Stable, by shard then row among ties, as the merged FAISS search is.
+    order = np.argsort(-scores, kind="stable")[:n]
+    return [
+        Neighbour(found[i].track_id, float(scores[i]), found[i].shard, found[i].row) for i in (int(j) for j in order)
+    ]
+
+
+@dataclass(frozen=True)
+class QueryVectors:
+    """What a search scores candidates by.
+
+    One positive and no negative: the inner product with it (a track, a clip, a vector, or the average of
+    several tracks). Several positives and negatives (``best_score``, as Qdrant's): a candidate at least as
+    close to its nearest positive as to its nearest negative scores sigmoid(that positive similarity), in
+    (0, 1); one closer to a negative scores -sigmoid(that negative similarity), in (-1, 0), so it ranks below
+    every candidate a positive claims.
+    """
+
+    positives: FloatMatrix  # (p, dim)
+    negatives: FloatMatrix  # (q, dim); (0, dim) when none
+
+    @property
+    def single(self) -> bool:
+        return bool(self.positives.shape[0] == 1 and self.negatives.shape[0] == 0)
+
+    def score(self, vectors: FloatMatrix) -> npt.NDArray[np.float64]:
+        if vectors.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        best_positive: npt.NDArray[np.float64] = (vectors @ self.positives.T).max(axis=1).astype(np.float64)
+        if self.negatives.shape[0] == 0:
+            return best_positive
+        best_negative: npt.NDArray[np.float64] = (vectors @ self.negatives.T).max(axis=1).astype(np.float64)
+        # Qdrant's best_score: the sigmoid keeps every score a positive claims above every score a negative
+        # claims, whatever the signs of the similarities.
+        combined: npt.NDArray[np.float64] = np.where(
+            best_positive >= best_negative, _sigmoid(best_positive), -_sigmoid(best_negative)
+        )
+        return combined
+
+
+def _sigmoid(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-values))
+    return result

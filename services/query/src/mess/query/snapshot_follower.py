@@ -25,12 +25,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from mess.contracts.events import SnapshotPublished, TrackFailed
-from mess.contracts.storage import manifest_key, split_s3_uri
+from mess.contracts.storage import (
+    LatestAgreement,
+    SnapshotCheckError,
+    agreement_with_latest,
+    check_snapshot_location,
+    manifest_key,
+    snapshot_number,
+)
 from mess.query.config import Settings
 from mess.query.metrics import QueryMetrics
 from mess.query.searcher import SnapshotSearcher
@@ -42,6 +49,7 @@ from mess.query.snapshots import (
     fetch_shards,
     version_order,
 )
+from mess.runtime import kafka
 from mess.runtime.deadletter import dead_letter
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,7 @@ SwapListener = Callable[[SnapshotSearcher], None]
 # reading LATEST, so an event published in between is not missed.
 _POSITION_WAIT_S = 5.0
 _LETTERS_STOP_S = 5.0
+_REFUSALS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,8 @@ class SnapshotFollower:
     # --- announcements -------------------------------------------------------
 
     def announce(self, version: str, manifest_uri: str, source: str, origin: EventOrigin | None = None) -> None:
+        """Ask for ``version`` to be loaded; only ever called with a version and location already checked
+        (``check_snapshot_location``), so nothing unchecked is ranked."""
         current = self._current
         if current is not None and version_order(version) <= version_order(current.version):
             return
@@ -145,17 +156,16 @@ class SnapshotFollower:
             log.error("malformed SnapshotPublished at partition %d offset %d: %s", partition, offset, exc)
             self._dead_letter(origin, "malformed_event", f"SnapshotPublished does not validate: {exc}")
             return
-        bucket, _ = split_s3_uri(event.manifest_uri)
-        if bucket != self._store.bucket:
-            # Snapshots live in our bucket; following an event anywhere else would let any producer make
-            # every replica fetch objects it has no business with.
+        try:
+            # Only the indexer's own folder for exactly this version, in our bucket, is ever read: an event
+            # pointing anywhere else (another bucket, another prefix, another version's folder) or naming a
+            # version the indexer would not write is refused here, before it is ranked against anything.
+            check_snapshot_location(event.version, event.manifest_uri, self._store.bucket)
+        except SnapshotCheckError as exc:
             self._metrics.snapshot_events_bad.inc()
-            log.error(
-                "SnapshotPublished %s points outside %s: %s", event.version, self._store.bucket, event.manifest_uri
-            )
-            self._dead_letter(
-                origin, "bad_snapshot", f"the manifest {event.manifest_uri} is not in the bucket {self._store.bucket}"
-            )
+            self._metrics.snapshot_refused.labels(exc.reason).inc()
+            log.error("SnapshotPublished at partition %d offset %d refused: %s", partition, offset, exc)
+            self._dead_letter(origin, "bad_snapshot", f"SnapshotPublished refused: {exc}")
             return
         self.announce(event.version, event.manifest_uri, "event", origin)
 
@@ -220,7 +230,10 @@ class SnapshotFollower:
             except SnapshotUnavailableError as exc:
                 log.warning("cannot read LATEST: %s", exc)
             else:
-                if version is not None:
+                if version is not None and snapshot_number(version) is None:
+                    self._metrics.snapshot_refused.labels("version").inc()
+                    log.error("LATEST holds %r, which is not a snapshot version; ignored", version[:140])
+                elif version is not None:
                     uri = f"s3://{self._store.bucket}/{manifest_key(version)}"
                     self.announce(version, uri, "latest")
             await asyncio.sleep(self._settings.snapshot_poll_s)
@@ -228,8 +241,8 @@ class SnapshotFollower:
     async def _follow_events(self, positioned: asyncio.Event) -> None:
         topic = self._settings.stack.topics.index_snapshots
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._settings.stack.kafka_servers,
+            consumer = kafka.consumer(
+                self._settings.stack,
                 group_id=None,  # every replica reads every event; nothing is committed
                 client_id=f"mess-query-{uuid.uuid4().hex[:8]}",
                 enable_auto_commit=False,
@@ -272,19 +285,16 @@ class SnapshotFollower:
             return
         started = time.perf_counter()
         try:
-            manifest = await self._store.read_manifest(target.manifest_uri)
-            if manifest.version != target.version:
-                raise SnapshotRefusedError(
-                    "manifest", f"{target.manifest_uri} says version {manifest.version}, expected {target.version}"
-                )
-            bucket, _ = split_s3_uri(target.manifest_uri)
-            files = await fetch_shards(self._store, manifest, bucket)
+            if not await self._agrees_with_latest(target):
+                return
+            manifest = await self._store.read_manifest(target.version)
+            files = await fetch_shards(self._store, manifest, self._store.bucket)
             searcher = await asyncio.to_thread(
                 build_searcher, manifest, files, current, self._settings.canary_rows, self._settings.canary_k
             )
         except SnapshotRefusedError as exc:
             self._metrics.snapshot_refused.labels(exc.reason).inc()
-            self.refused[target.version] = str(exc)
+            self._remember_refusal(target.version, str(exc))
             log.error(
                 "snapshot %s refused (%s): %s; still serving %s",
                 target.version,
@@ -306,7 +316,7 @@ class SnapshotFollower:
             self._metrics.snapshot_load_errors.inc()
             log.exception("snapshot %s failed to load unexpectedly; still serving the old one", target.version)
             return
-        keep = {p for f in files for p in (f.index, f.ids, f.vectors)}
+        keep = {p for f in files for p in f.paths()}
         await self._swap(searcher, keep)
         elapsed = time.perf_counter() - started
         self._metrics.snapshot_load_seconds.observe(elapsed)
@@ -320,10 +330,44 @@ class SnapshotFollower:
             current.version if current else "nothing",
         )
 
+    async def _agrees_with_latest(self, target: Announcement) -> bool:
+        """Whether ``target`` is what LATEST names now; raises SnapshotUnavailableError when LATEST cannot be read.
+
+        The indexer moves LATEST before it announces, so a snapshot ahead of
+        LATEST (or announced while LATEST names no snapshot) was published by
+        nobody: it is refused and its events dead-lettered, but not remembered
+        as refused, because the indexer may yet publish that version for real.
+        One behind LATEST is merely late. Either way LATEST itself is
+        announced, so a version that displaced the real one while it waited
+        costs no time.
+        """
+        latest = await self._store.read_latest()
+        agreement = agreement_with_latest(target.version, latest)
+        if agreement is LatestAgreement.CURRENT:
+            return True
+        if agreement is LatestAgreement.SUPERSEDED:
+            log.info("snapshot %s is superseded by LATEST %s; not loaded", target.version, latest)
+        else:
+            self._metrics.snapshot_refused.labels("latest").inc()
+            detail = f"snapshot {target.version} is not what LATEST names ({(latest or 'nothing')[:140]!r})"
+            log.error("snapshot %s refused: %s", target.version, detail)
+            for origin in target.origins:
+                self._dead_letter(origin, "bad_snapshot", detail)
+        if latest is not None and snapshot_number(latest) is not None:
+            self.announce(latest, f"s3://{self._store.bucket}/{manifest_key(latest)}", "latest")
+        return False
+
+    def _remember_refusal(self, version: str, reason: str) -> None:
+        """A refusal is final for its version; bounded, so a flood of refusals cannot grow it for ever."""
+        self.refused[version] = reason
+        while len(self.refused) > _REFUSALS_KEPT:
+            del self.refused[next(iter(self.refused))]
+
     async def _swap(self, searcher: SnapshotSearcher, keep: set[Path]) -> None:
         self._current = searcher  # the swap: one reference
         self._metrics.snapshot_swaps.inc()
         self._metrics.snapshot_vectors.set(searcher.vector_count)
+        self._metrics.snapshot_created.set(searcher.manifest.created_at.timestamp())
         if searcher.version.isdigit():
             self._metrics.snapshot_version.set(int(searcher.version))
         for listener in self._listeners:

@@ -3,8 +3,9 @@
 Steps, each of which can refuse the snapshot: read ``manifest.json``; fetch
 every shard file into the local cache (named by its sha256, so a shard that
 later snapshots reuse is downloaded once) and verify its size and sha256; load
-the FAISS indexes and memory-map the vector matrices; check shapes and ids
-against the manifest; and run the canary: stored vectors must find their own
+the FAISS indexes and memory-map the vector matrices (and the pitch
+sequences, where the snapshot has them); check shapes and ids against the
+manifest; and run the canary: stored vectors must find their own
 track among the first results, per shard and through the merged search.
 
 A refusal (``SnapshotRefusedError``) is final for that version: the bytes are
@@ -28,11 +29,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import faiss
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
 
 from mess.contracts.ids import is_track_id
-from mess.contracts.storage import LATEST_KEY, ShardManifest, SnapshotManifest, StoredFile, split_s3_uri
+from mess.contracts.storage import (
+    LATEST_KEY,
+    ShardManifest,
+    SnapshotCheckError,
+    SnapshotManifest,
+    StoredFile,
+    check_manifest,
+    manifest_key,
+    snapshot_number,
+)
 from mess.query.searcher import LoadedShard, SnapshotSearcher
+from mess.query.sequences import ShardSequenceTable, open_sequence_table
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -56,9 +66,15 @@ class SnapshotUnavailableError(Exception):
     """The snapshot could not be read now (network, S3); try again later."""
 
 
-def version_order(version: str) -> tuple[int, str]:
-    """Versions are zero-padded counters; comparing (length, text) also survives a counter that outgrows the padding."""
-    return (len(version), version)
+def version_order(version: str) -> int:
+    """A snapshot's rank: the indexer's counter it spells (``mess.contracts.storage.snapshot_number``).
+
+    Never its length or text, which anyone who can publish chooses: a version
+    that is not in the indexer's format ranks below every snapshot, so it can
+    never hold back a real one (the follower refuses it before ranking anyway).
+    """
+    number = snapshot_number(version)
+    return -1 if number is None else number
 
 
 def _is_missing(error: ClientError) -> bool:
@@ -89,10 +105,13 @@ class SnapshotStore:
         version = raw.decode("utf-8", errors="replace").strip()
         return version or None
 
-    async def read_manifest(self, manifest_uri: str) -> SnapshotManifest:
-        bucket, key = split_s3_uri(manifest_uri)
+    async def read_manifest(self, version: str) -> SnapshotManifest:
+        """The manifest of ``version``, read from the one place the indexer writes it and checked
+        (``check_manifest``) as every service checks it."""
+        key = manifest_key(version)
+        manifest_uri = f"s3://{self.bucket}/{key}"
         try:
-            response = await self.s3.get_object(Bucket=bucket, Key=key)
+            response = await self.s3.get_object(Bucket=self.bucket, Key=key)
             async with response["Body"] as body:
                 raw = await body.read()
         except ClientError as exc:
@@ -102,9 +121,9 @@ class SnapshotStore:
         except (BotoCoreError, OSError) as exc:
             raise SnapshotUnavailableError(f"reading {manifest_uri}: {exc}") from exc
         try:
-            return SnapshotManifest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise SnapshotRefusedError("manifest", f"{manifest_uri} is not a valid manifest: {exc}") from exc
+            return check_manifest(raw, version)
+        except SnapshotCheckError as exc:
+            raise SnapshotRefusedError("manifest", f"{manifest_uri}: {exc.detail}") from exc
 
     def cached_path(self, stored: StoredFile, suffix: str) -> Path:
         return self.cache_dir / f"{stored.sha256}{suffix}"
@@ -171,11 +190,18 @@ class ShardFiles:
     index: Path
     ids: Path
     vectors: Path
+    # (frames, offsets) of the pitch sequences, when the shard has them
+    sequences: tuple[Path, Path] | None = None
+
+    def paths(self) -> tuple[Path, ...]:
+        """Every local file the loaded shard uses (what the cache must keep while it is served)."""
+        return (self.index, self.ids, self.vectors, *(self.sequences or ()))
 
 
-def shard_reuse_key(shard: ShardManifest) -> tuple[str, str, str, str]:
+def shard_reuse_key(shard: ShardManifest) -> tuple[str, ...]:
     params = json.dumps(shard.search_params, sort_keys=True)
-    return (shard.index.sha256, shard.ids.sha256, shard.vectors.sha256, params)
+    sequences = (shard.sequences.frames.sha256, shard.sequences.offsets.sha256) if shard.sequences else ()
+    return (shard.index.sha256, shard.ids.sha256, shard.vectors.sha256, params, *sequences)
 
 
 async def fetch_shards(store: SnapshotStore, manifest: SnapshotManifest, manifest_bucket: str) -> list[ShardFiles]:
@@ -184,7 +210,13 @@ async def fetch_shards(store: SnapshotStore, manifest: SnapshotManifest, manifes
         index = await store.fetch(manifest_bucket, shard.index, ".faiss")
         ids = await store.fetch(manifest_bucket, shard.ids, ".json")
         vectors = await store.fetch(manifest_bucket, shard.vectors, ".npy")
-        files.append(ShardFiles(shard, index, ids, vectors))
+        sequences = None
+        if shard.sequences is not None:
+            sequences = (
+                await store.fetch(manifest_bucket, shard.sequences.frames, ".npy"),
+                await store.fetch(manifest_bucket, shard.sequences.offsets, ".npy"),
+            )
+        files.append(ShardFiles(shard, index, ids, vectors, sequences))
     return files
 
 
@@ -226,8 +258,22 @@ def _load_shard(files: ShardFiles, dim: int | None) -> LoadedShard:
         except RuntimeError as exc:
             raise SnapshotRefusedError("index", f"{where}: cannot set search parameter {name}={value}: {exc}") from exc
     return LoadedShard(
-        shard=shard.shard, index=index, ids=tuple(raw_ids), vectors=vectors, reuse_key=shard_reuse_key(shard)
+        shard=shard.shard,
+        index=index,
+        ids=tuple(raw_ids),
+        vectors=vectors,
+        reuse_key=shard_reuse_key(shard),
+        sequences=_load_sequences(files, where),
     )
+
+
+def _load_sequences(files: ShardFiles, where: str) -> ShardSequenceTable | None:
+    if files.sequences is None:
+        return None
+    try:
+        return open_sequence_table(*files.sequences, rows=files.manifest.count)
+    except (ValueError, OSError) as exc:
+        raise SnapshotRefusedError("sequences", f"{where}: pitch sequences are malformed: {exc}") from exc
 
 
 def build_searcher(

@@ -1,4 +1,4 @@
-"""The five recommendation strategies, as pure functions over a candidate pool.
+"""The five recommendation strategies: one ``Strategy`` interface, one registry, one factory.
 
 Every strategy starts from the reference track's nearest neighbours (the
 candidate pool, best first, the reference itself already removed) and picks
@@ -13,56 +13,57 @@ candidate pool, best first, the reference itself already removed) and picks
   then the candidate closest to the reference in each cluster.
 - exploration: a seeded random sample of the candidates above a similarity
   floor.
+- versions: only the candidates the version re-rank (mess.query.version_rerank)
+  recognised as the reference's work, best aligned first.
 
 The public names are the seed's: similar, balanced, diverse, complementary,
-exploration (see ``PUBLIC_NAMES``).
+exploration (``StrategyName``). ``build_strategy`` turns a request's name, ``k``
+and raw parameters into one configured ``Strategy``: parameters are checked,
+defaults filled in and floats quantised (so two spellings of one request
+share one cache key), and the strategy's estimated work is held to a budget,
+so no request can ask for unbounded CPU. A strategy says whether it is
+``heavy``: heavy ones run on their own bounded threads, never on the search
+threads that plain requests wait for.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from mess.query.versions import VersionMatch
+
 FloatMatrix = npt.NDArray[np.float32]
 
 
-class Strategy(StrEnum):
+class StrategyName(StrEnum):
     similar = "similar"
     balanced = "balanced"
     diverse = "diverse"
     complementary = "complementary"
     exploration = "exploration"
+    versions = "versions"
 
-
-# The seed's public name -> the algorithm it runs (DESIGN.md).
-ALGORITHM = {
-    Strategy.similar: "similarity",
-    Strategy.balanced: "hybrid",
-    Strategy.diverse: "diverse",
-    Strategy.complementary: "complementary",
-    Strategy.exploration: "exploration",
-}
 
 AFFINITY_FIELDS = ("composer", "era", "form")
 DEFAULT_WEIGHTS = {"similarity": 0.6, "composer": 0.2, "era": 0.1, "form": 0.1}
 DEFAULT_LAMBDA = 0.5
 DEFAULT_FLOOR = 0.5
 MAX_SEED = 2**32 - 1
-# Which parameters each strategy reads; any other one is refused so a typo never silently does nothing.
-PARAMETERS: dict[Strategy, frozenset[str]] = {
-    Strategy.similar: frozenset(),
-    Strategy.balanced: frozenset({"pool", "weights"}),
-    Strategy.diverse: frozenset({"pool", "lambda"}),
-    Strategy.complementary: frozenset({"pool"}),
-    Strategy.exploration: frozenset({"pool", "floor", "seed"}),
-}
+# Floats a client sends are rounded to this many decimals before use: finer
+# steps change no answer a listener could tell apart, and each spelling of
+# 0.6 would otherwise be a cache entry of its own.
+FLOAT_DECIMALS = 3
+KMEANS_ITERATIONS = 25
+KMEANS_MAX_RESTARTS = 5
 
 
 class ParameterError(ValueError):
@@ -72,29 +73,32 @@ class ParameterError(ValueError):
         self.message = message
 
 
+def quantise(value: float) -> float:
+    rounded = round(value, FLOAT_DECIMALS)
+    return rounded + 0.0  # -0.0 and 0.0 are one value, and one key
+
+
 @dataclass(frozen=True)
-class StrategyParams:
-    """Validated parameters with every default filled in (so cache keys are canonical)."""
+class RawParams:
+    """The strategy parameters as a request gave them (query string or batch body), unchecked."""
 
     pool: int | None = None
     lambda_: float | None = None
     floor: float | None = None
     seed: int | None = None
-    weights: dict[str, float] | None = None
+    weights: str | dict[str, float] | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.pool is not None:
-            out["pool"] = self.pool
-        if self.lambda_ is not None:
-            out["lambda"] = self.lambda_
-        if self.floor is not None:
-            out["floor"] = self.floor
-        if self.seed is not None:
-            out["seed"] = self.seed
-        if self.weights is not None:
-            out["weights"] = dict(sorted(self.weights.items()))
-        return out
+    def given(self) -> set[str]:
+        named = (("pool", self.pool), ("lambda", self.lambda_), ("floor", self.floor), ("seed", self.seed))
+        return {name for name, value in (*named, ("weights", self.weights)) if value is not None}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost: the candidate pool, and the estimated floating-point work of its strategy."""
+
+    max_pool: int
+    max_work: float
 
 
 def parse_weights(raw: str | dict[str, float]) -> dict[str, float]:
@@ -116,65 +120,272 @@ def parse_weights(raw: str | dict[str, float]) -> dict[str, float]:
         raise ParameterError("weights", f"unknown names {unknown}; use {sorted(DEFAULT_WEIGHTS)}")
     weights = {**DEFAULT_WEIGHTS, **given}
     for name, value in weights.items():
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0):
             raise ParameterError("weights", f"{name} must be between 0 and 1, got {value}")
+    weights = {name: quantise(value) for name, value in sorted(weights.items())}
     if sum(weights.values()) <= 0:
         raise ParameterError("weights", "at least one weight must be above 0")
     return weights
 
 
-def resolve_params(
-    strategy: Strategy,
-    k: int,
-    max_pool: int,
-    *,
-    pool: int | None = None,
-    lambda_: float | None = None,
-    floor: float | None = None,
-    seed: int | None = None,
-    weights: str | dict[str, float] | None = None,
-) -> StrategyParams:
-    given = {
-        name
-        for name, value in (("pool", pool), ("lambda", lambda_), ("floor", floor), ("seed", seed), ("weights", weights))
-        if value is not None
-    }
-    allowed = PARAMETERS[strategy]
-    for name in sorted(given - allowed):
-        users = sorted(s.value for s, params in PARAMETERS.items() if name in params)
-        raise ParameterError(name, f"does not apply to strategy {strategy.value}; it applies to {', '.join(users)}")
-    if strategy is Strategy.similar:
-        return StrategyParams()
-    default_pool = {
-        Strategy.balanced: max(3 * k, 50),
-        Strategy.diverse: max(3 * k, 50),
-        Strategy.complementary: max(5 * k, 50),
-        Strategy.exploration: max(5 * k, 200),
-    }[strategy]
-    resolved_pool = min(default_pool, max_pool) if pool is None else pool
-    if not k <= resolved_pool <= max_pool:
-        raise ParameterError("pool", f"must be between k ({k}) and {max_pool}, got {resolved_pool}")
-    if strategy is Strategy.balanced:
-        return StrategyParams(pool=resolved_pool, weights=parse_weights(weights or {}))
-    if strategy is Strategy.diverse:
-        value = DEFAULT_LAMBDA if lambda_ is None else lambda_
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ParameterError("lambda", f"must be between 0 and 1, got {value}")
-        return StrategyParams(pool=resolved_pool, lambda_=value)
-    if strategy is Strategy.complementary:
-        return StrategyParams(pool=resolved_pool)
-    value = DEFAULT_FLOOR if floor is None else floor
-    if not (math.isfinite(value) and -1.0 <= value <= 1.0):
-        raise ParameterError("floor", f"must be between -1 and 1, got {value}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ParameterError("seed", f"must be between 0 and {MAX_SEED}, got {seed}")
-    return StrategyParams(pool=resolved_pool, floor=value, seed=seed)
+def _unit_interval(name: str, value: float, low: float = 0.0) -> float:
+    if not (math.isfinite(value) and low <= value <= 1.0):
+        raise ParameterError(name, f"must be between {low:g} and 1, got {value}")
+    return quantise(value)
+
+
+@dataclass(frozen=True)
+class CandidatePool:
+    """What a strategy chooses from: the candidates best first, their vectors on demand, their metadata."""
+
+    candidates: list[Candidate]
+    vectors: Callable[[], FloatMatrix]  # aligned with ``candidates``; loaded only by strategies that read them
+    reference: Mapping[str, str | None] = field(default_factory=dict)
+    metadata: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """One configured way of picking ``k`` tracks from a candidate pool.
+
+    Subclasses declare their public ``name``, the ``algorithm`` it runs, the
+    ``parameters`` they read (any other one is refused, so a typo never
+    silently does nothing) and whether they are ``heavy``; they build
+    themselves from a request in ``from_request`` and estimate their work in
+    ``work``.
+    """
+
+    name: ClassVar[StrategyName]
+    algorithm: ClassVar[str]
+    parameters: ClassVar[frozenset[str]]
+    #: heavy strategies run on the bounded strategy threads, not the search threads
+    heavy: ClassVar[bool] = False
+
+    def __init__(self, k: int, pool: int) -> None:
+        self.k = k
+        self.pool = pool
+
+    @classmethod
+    @abstractmethod
+    def from_request(cls, k: int, raw: RawParams, limits: Limits) -> Strategy:
+        """The strategy with every default filled in; raises ``ParameterError``."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The parameters in use, canonical (sorted, quantised): part of the cache key and of the answer."""
+
+    @abstractmethod
+    def choose(self, pool: CandidatePool) -> list[Pick]:
+        """Blocking: at most ``k`` picks, best first."""
+
+    def work(self, dim: int) -> float:
+        """Estimated floating-point operations of ``choose`` on vectors of ``dim``."""
+        return float(self.pool)
+
+    @property
+    def cacheable(self) -> bool:
+        """False when each request should get a fresh answer (an unseeded random draw)."""
+        return True
+
+    @classmethod
+    def _resolve_pool(cls, k: int, given: int | None, default: int, limits: Limits) -> int:
+        pool = min(default, limits.max_pool) if given is None else given
+        if not k <= pool <= limits.max_pool:
+            raise ParameterError("pool", f"must be between k ({k}) and {limits.max_pool}, got {pool}")
+        return pool
+
+
+class SimilarityStrategy(Strategy):
+    name = StrategyName.similar
+    algorithm = "similarity"
+    parameters = frozenset()
+
+    @classmethod
+    def from_request(cls, k: int, raw: RawParams, limits: Limits) -> Strategy:
+        return cls(k, k)
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def choose(self, pool: CandidatePool) -> list[Pick]:
+        return similarity(pool.candidates, self.k)
+
+
+class HybridStrategy(Strategy):
+    name = StrategyName.balanced
+    algorithm = "hybrid"
+    parameters = frozenset({"pool", "weights"})
+
+    def __init__(self, k: int, pool: int, weights: dict[str, float]) -> None:
+        super().__init__(k, pool)
+        self.weights = weights
+
+    @classmethod
+    def from_request(cls, k: int, raw: RawParams, limits: Limits) -> Strategy:
+        pool = cls._resolve_pool(k, raw.pool, max(3 * k, 50), limits)
+        return cls(k, pool, parse_weights(raw.weights or {}))
+
+    def params(self) -> dict[str, Any]:
+        return {"pool": self.pool, "weights": dict(self.weights)}
+
+    def choose(self, pool: CandidatePool) -> list[Pick]:
+        return hybrid(pool.candidates, self.k, self.weights, pool.reference, pool.metadata)
+
+
+class DiverseStrategy(Strategy):
+    name = StrategyName.diverse
+    algorithm = "diverse"
+    parameters = frozenset({"pool", "lambda"})
+    heavy = True
+
+    def __init__(self, k: int, pool: int, lambda_: float) -> None:
+        super().__init__(k, pool)
+        self.lambda_ = lambda_
+
+    @classmethod
+    def from_request(cls, k: int, raw: RawParams, limits: Limits) -> Strategy:
+        pool = cls._resolve_pool(k, raw.pool, max(3 * k, 50), limits)
+        lambda_ = _unit_interval("lambda", DEFAULT_LAMBDA if raw.lambda_ is None else raw.lambda_)
+        return cls(k, pool, lambda_)
+
+    def params(self) -> dict[str, Any]:
+        return {"lambda": self.lambda_, "pool": self.pool}
+
+    def work(self, dim: int) -> float:
+        # the pairwise similarity matrix, then k passes over the pool
+        return float(self.pool * self.pool * dim + self.k * self.pool)
+
+    def choose(self, pool: CandidatePool) -> list[Pick]:
+        return diverse(pool.candidates, pool.vectors(), self.k, self.lambda_)
+
+
+class ComplementaryStrategy(Strategy):
+    name = StrategyName.complementary
+    algorithm = "complementary"
+    parameters = frozenset({"pool"})
+    heavy = True
+
+    def __init__(self, k: int, pool: int, restarts: int) -> None:
+        super().__init__(k, pool)
+        self.restarts = restarts
+
+    @staticmethod
+    def one_run(k: int, pool: int, dim: int) -> float:
+        # k-means++ seeding plus every iteration: a (pool x dim) by (dim x k) product each
+        return float((KMEANS_ITERATIONS + 1) * pool * k * dim)
+
+    @classmethod
+    def from_request(cls, k: int, raw: RawParams, limits: Limits) -> Strategy:
+        pool = cls._resolve_pool(k, raw.pool, max(5 * k, 50), limits)
+        return cls(k, pool, KMEANS_MAX_RESTARTS)
+
+    def fitted(self, dim: int, max_work: float) -> ComplementaryStrategy:
+        """As many restarts as the budget pays for (at least one), so a large k and pool cost one run."""
+        affordable = int(max_work // max(self.one_run(self.k, self.pool, dim), 1.0))
+        return ComplementaryStrategy(self.k, self.pool, max(1, min(KMEANS_MAX_RESTARTS, affordable)))
+
+    def params(self) -> dict[str, Any]:
+        return {"pool": self.pool, "restarts": self.restarts}
+
+    def work(self, dim: int) -> float:
+        return self.restarts * self.one_run(self.k, self.pool, dim)
+
+    def choose(self, pool: CandidatePool) -> list[Pick]:
+        return complementary(pool.candidates, pool.vectors(), self.k, restarts=self.restarts)
+
+
+class ExplorationStrategy(Strategy):
+    name = StrategyName.exploration
+    algorithm = "exploration"
+    parameters = frozenset({"pool", "floor", "seed"})
+
+    def __init__(self, k: int, pool: int, floor: float, seed: int | None) -> None:
+        super().__init__(k, pool)
+        self.floor = floor
+        self.given_seed = seed
+        # A fresh draw per request when none is given; the seed is reported so the answer can be reproduced.
+        self.seed = random.randint(0, MAX_SEED) if seed is None else seed
+
+    @classmethod
+    def from_request(cls, k: int, raw: RawParams, limits: Limits) -> Strategy:
+        pool = cls._resolve_pool(k, raw.pool, max(5 * k, 200), limits)
+        floor = _unit_interval("floor", DEFAULT_FLOOR if raw.floor is None else raw.floor, low=-1.0)
+        if raw.seed is not None and not 0 <= raw.seed <= MAX_SEED:
+            raise ParameterError("seed", f"must be between 0 and {MAX_SEED}, got {raw.seed}")
+        return cls(k, pool, floor, raw.seed)
+
+    @property
+    def cacheable(self) -> bool:
+        return self.given_seed is not None  # caching a random draw would freeze it
+
+    def params(self) -> dict[str, Any]:
+        return {"floor": self.floor, "pool": self.pool, "seed": self.seed}
+
+    def choose(self, pool: CandidatePool) -> list[Pick]:
+        return exploration(pool.candidates, self.k, self.floor, self.seed)
+
+
+class VersionsStrategy(Strategy):
+    """Versions only: the candidates the second stage aligned as the same work. Its pool is ``k``
+    because the re-rank looks deeper than any pool on its own (``CandidateReranker.depth``) and
+    puts the versions it finds first; with no re-rank, or a snapshot without sequences, it finds none."""
+
+    name = StrategyName.versions
+    algorithm = "versions"
+    parameters = frozenset()
+
+    @classmethod
+    def from_request(cls, k: int, raw: RawParams, limits: Limits) -> Strategy:
+        return cls(k, k)
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def choose(self, pool: CandidatePool) -> list[Pick]:
+        return versions(pool.candidates, self.k)
+
+
+#: The one registry: public name -> implementation. A new strategy is a new class here, nothing else.
+STRATEGIES: dict[StrategyName, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        SimilarityStrategy,
+        HybridStrategy,
+        DiverseStrategy,
+        ComplementaryStrategy,
+        ExplorationStrategy,
+        VersionsStrategy,
+    )
+}
+# The seed's public name -> the algorithm it runs (DESIGN.md).
+ALGORITHM = {name: cls.algorithm for name, cls in STRATEGIES.items()}
+
+
+def build_strategy(name: StrategyName, k: int, raw: RawParams, limits: Limits, dim: int) -> Strategy:
+    """The configured strategy for a request; raises ``ParameterError`` (a 422) for a parameter that does
+    not apply, is out of range, or asks for more work than ``limits.max_work``."""
+    kind = STRATEGIES[name]
+    for extra in sorted(raw.given() - kind.parameters):
+        users = sorted(n.value for n, c in STRATEGIES.items() if extra in c.parameters)
+        raise ParameterError(extra, f"does not apply to strategy {name.value}; it applies to {', '.join(users)}")
+    strategy = kind.from_request(k, raw, limits)
+    if isinstance(strategy, ComplementaryStrategy):
+        strategy = strategy.fitted(dim, limits.max_work)
+    work = strategy.work(dim)
+    if work > limits.max_work:
+        raise ParameterError(
+            "pool",
+            f"strategy {name.value} with k={k} and pool={strategy.pool} would cost about {work:.2g} operations; "
+            f"the limit is {limits.max_work:.2g}: lower pool or k",
+        )
+    return strategy
 
 
 @dataclass(frozen=True)
 class Candidate:
     track_id: str
     similarity: float
+    # set by the version re-rank where both tracks have pitch sequences
+    alignment: VersionMatch | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +394,8 @@ class Pick:
     similarity: float
     score: float  # what the strategy ranked by (equals similarity for plain similarity)
     explanation: str
+    # the candidate's alignment with the reference, copied from it after the strategy chose
+    alignment: VersionMatch | None = None
 
 
 def _fmt(value: float) -> str:
@@ -190,9 +403,41 @@ def _fmt(value: float) -> str:
 
 
 def similarity(candidates: list[Candidate], k: int) -> list[Pick]:
+    # Candidates arrive in the re-rank's order: recognised versions of the work first.
     return [
-        Pick(c.track_id, c.similarity, c.similarity, f"#{rank} most similar (similarity {_fmt(c.similarity)})")
+        Pick(
+            c.track_id,
+            c.similarity,
+            c.similarity,
+            f"#{rank}: {describe_version(c.alignment)}; similarity {_fmt(c.similarity)}"
+            if c.alignment is not None and c.alignment.same_work
+            else f"#{rank} most similar (similarity {_fmt(c.similarity)})",
+        )
         for rank, c in enumerate(candidates[:k], start=1)
+    ]
+
+
+def describe_version(match: VersionMatch) -> str:
+    relations = [f"{match.aligned_seconds:g} s aligned"] if match.aligned_seconds is not None else []
+    if match.key_shift:
+        relations.append(f"{match.key_shift:+d} semitones")
+    if match.tempo_ratio is not None:
+        relations.append(f"tempo x{match.tempo_ratio:g}")
+    return f"a version of the same work (alignment {_fmt(match.score)}{''.join(', ' + r for r in relations)})"
+
+
+def versions(candidates: list[Candidate], k: int) -> list[Pick]:
+    """The recognised versions among the candidates, best aligned first (the re-rank's order)."""
+    found = [c for c in candidates if c.alignment is not None and c.alignment.same_work]
+    return [
+        Pick(
+            c.track_id,
+            c.similarity,
+            c.alignment.score,
+            f"#{rank}: {describe_version(c.alignment)}; similarity {_fmt(c.similarity)}",
+        )
+        for rank, c in enumerate(found[:k], start=1)
+        if c.alignment is not None
     ]
 
 
@@ -275,11 +520,14 @@ def _kmeans_once(
 ) -> tuple[float, npt.NDArray[np.int64]]:
     count = unit.shape[0]
     centres = [unit[int(rng.integers(count))]]
+    # The distance to the nearest centre so far, kept as a running minimum: seeding
+    # costs O(k * pool * dim), not the O(k^2 * pool * dim) of recomputing it per centre.
+    distance = np.sum((unit - centres[0]) ** 2, axis=1)
     for _ in range(1, clusters):
-        distance = np.min([np.sum((unit - c) ** 2, axis=1) for c in centres], axis=0)
         total = distance.sum()
         index = int(rng.choice(count, p=distance / total)) if total > 0 else int(rng.integers(count))
         centres.append(unit[index])
+        distance = np.minimum(distance, np.sum((unit - unit[index]) ** 2, axis=1))
     centre_matrix = np.array(centres)
     labels = np.full(count, -1, dtype=np.int64)
     for _ in range(iterations):
@@ -311,11 +559,13 @@ def kmeans(
     return best[1]
 
 
-def complementary(candidates: list[Candidate], vectors: FloatMatrix, k: int) -> list[Pick]:
+def complementary(
+    candidates: list[Candidate], vectors: FloatMatrix, k: int, restarts: int = KMEANS_MAX_RESTARTS
+) -> list[Pick]:
     """One pick per cluster of the candidates: the member closest to the reference."""
     if not candidates:
         return []
-    labels = kmeans(vectors, k)
+    labels = kmeans(vectors, k, iterations=KMEANS_ITERATIONS, restarts=restarts)
     best_of: dict[int, int] = {}
     sizes: dict[int, int] = {}
     for position, label in enumerate(labels.tolist()):

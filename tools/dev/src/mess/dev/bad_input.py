@@ -41,7 +41,7 @@ import boto3
 import httpx
 import numpy as np
 import soundfile as sf
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from mess.contracts.events import (
     ModelIdentity,
@@ -55,6 +55,7 @@ from mess.contracts.events import (
 from mess.contracts.storage import LATEST_KEY, SnapshotManifest, manifest_key
 from mess.dev import stack as local
 from mess.dev.pipeline import Pipeline
+from mess.runtime import kafka
 from mess.runtime.endpoints import StackSettings, host_port
 
 log = logging.getLogger("mess.dev.bad_input")
@@ -178,7 +179,7 @@ def backing_stack(log_dir: Path) -> Iterator[StackSettings]:
         updates["redis_url"] = f"redis://127.0.0.1:{port}/0"
     settings = settings.model_copy(update=updates)
     try:
-        local.wait_for(lambda: local.broker_answers(settings.kafka_bootstrap), "Kafka broker")
+        local.wait_for(lambda: local.broker_answers(settings), "Kafka broker")
         local.wait_for(lambda: local.port_open(*host_port(settings.redis_url, 6379)), "Redis")
         if settings.s3_endpoint_url:
             endpoint = settings.s3_endpoint_url
@@ -328,9 +329,42 @@ def _cut(audio: bytes, parts: int) -> bytes:
     return audio[: len(audio) // parts]
 
 
+def _shaped(rate: int, channels: int, fmt: str = "WAV", seconds: float = 2.0) -> bytes:
+    """A tone at any rate and channel count (the shape, not the length, is what decoding costs)."""
+    signal = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(int(rate * seconds)) / rate)
+    buffer = io.BytesIO()
+    frames = np.repeat(signal[:, None], channels, axis=1).astype(np.float32)
+    sf.write(buffer, frames, rate, format=fmt, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _long_boundary(_: IngestLimits) -> Body:
+    """A well-formed upload whose multipart boundary is 300 characters (RFC 2046 allows 70)."""
+    good = multipart(tone(1.5, 523.3), "boundary.wav", "audio/wav")
+    boundary = "b" * 300
+    content = good.content.replace(BOUNDARY.encode(), boundary.encode())
+    return Body(content, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def _phase_cancelled(_: IngestLimits) -> Body:
+    """Stereo whose channels cancel: loud on each, silent in the mono mix the embedder hears."""
+    rate = 22050
+    wave = 0.3 * np.sin(2 * np.pi * 470.0 * np.arange(rate * 3) / rate)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.stack([wave, -wave], axis=1).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return multipart(buffer.getvalue(), "cancelled.wav", "audio/wav")
+
+
+# Every field within its own 2,000-character limit, 4 UTF-8 bytes a character: together over the bound on a
+# track's metadata, so the TrackAdded it would make could not be guaranteed to fit a broker message.
+_WIDE_FIELDS = dict.fromkeys(
+    ("title", "composer", "composer_full", "work", "movement", "era", "form", "key", "instrument"), "\U0001d11e" * 2000
+)
+
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
 
 UPLOAD_CASES: tuple[UploadCase, ...] = (
+    UploadCase("long_boundary", "a 300-character multipart boundary", _long_boundary, 400, "bad_multipart_boundary"),
     UploadCase("truncated", "a FLAC cut in half", _truncated_flac, 415, "corrupt"),
     UploadCase(
         "zero_length", "an empty file part", lambda _: multipart(b"", "empty.wav", "audio/wav"), 415, "not_audio"
@@ -475,6 +509,43 @@ UPLOAD_CASES: tuple[UploadCase, ...] = (
         201,
         None,
         title="$(rm -rf ~); `id` | cat > x",
+    ),
+    # Decoded size: what decoding costs grows with rate x channels x samples, not with seconds.
+    UploadCase(
+        "rate_655350",
+        "a 2 s FLAC at 655,350 Hz (decodes to gigabytes at the duration limit)",
+        lambda _: multipart(_shaped(655_350, 1, "FLAC"), "fast.flac", "audio/flac"),
+        415,
+        "implausible_rate",
+    ),
+    UploadCase(
+        "channels_16",
+        "a WAV with 16 channels",
+        lambda _: multipart(_shaped(22_050, 16), "wide.wav", "audio/wav"),
+        415,
+        "too_many_channels",
+    ),
+    UploadCase(
+        "phase_cancelled",
+        "stereo whose channels cancel (silent in the mono the embedder hears)",
+        _phase_cancelled,
+        415,
+        "silent",
+    ),
+    # Values the database cannot hold: refused before anything is stored, never a 503.
+    UploadCase(
+        "year_beyond_int32",
+        "year=3000000000",
+        lambda _: multipart(tone(1.5, 670.0), "year.wav", "audio/wav", {"year": "3000000000"}),
+        422,
+        "bad_metadata",
+    ),
+    UploadCase(
+        "metadata_too_large",
+        "nine fields of 2,000 four-byte characters (over the bound on a track's metadata)",
+        lambda _: multipart(tone(1.5, 680.0), "wide.wav", "audio/wav", _WIDE_FIELDS),
+        422,
+        "bad_metadata",
     ),
 )
 
@@ -887,7 +958,7 @@ async def send_poison(stack: StackSettings, context: PoisonContext, cases: Seque
     """Every case, on every topic it is for, on every partition of the topic (so whatever partition a good
     event later takes, a poison message lies ahead of it)."""
     sent: list[Sent] = []
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, max_request_size=OVERSIZED_BYTES * 2)
+    producer = kafka.producer(stack, client_id="mess-dev-bad-input", max_request_size=OVERSIZED_BYTES * 2)
     await producer.start()
     try:
         for case in cases:
@@ -904,7 +975,7 @@ async def send_poison(stack: StackSettings, context: PoisonContext, cases: Seque
 
 
 async def publish(stack: StackSettings, topic: str, key: str, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    producer = kafka.producer(stack, client_id="mess-dev-bad-input")
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key.encode())
@@ -1035,7 +1106,7 @@ async def _dead_letters(stack: StackSettings, since: Mapping[int, int], sent: li
     }
     letters: Letters = {}
     topic = stack.topics.tracks_failed
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    consumer = kafka.consumer(stack, client_id="mess-dev-bad-input", enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(since)]
@@ -1124,7 +1195,7 @@ async def _offsets_passed(services: Services, sent: list[Sent]) -> list[str]:
 
 async def committed_offset(stack: StackSettings, group: str, topic: str, partition: int) -> int:
     """The group's committed offset (-1 when none), read by a consumer that never joins the group."""
-    reader = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    reader = kafka.consumer(stack, client_id="mess-dev-bad-input", group_id=group, enable_auto_commit=False)
     await reader.start()
     try:
         offset = await reader.committed(TopicPartition(topic, partition))
@@ -1134,7 +1205,7 @@ async def committed_offset(stack: StackSettings, group: str, topic: str, partiti
 
 
 async def end_offsets(stack: StackSettings, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    consumer = kafka.consumer(stack, client_id="mess-dev-bad-input", enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer.topics()

@@ -8,9 +8,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from mess.contracts.asyncapi import render_asyncapi
 from mess.contracts.schemas import check_directory, export_schemas
 from mess.dev import demo
+from mess.dev.asyncapi import render_asyncapi
 from mess.dev.stack import LocalStack, StackError, StackState, process_alive
 from mess.runtime import access
 from mess.runtime.endpoints import StackSettings
@@ -32,7 +32,8 @@ def schema_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = LocalStack(StackSettings(), state_dir(), with_services=not args.no_services)
+    secure = args.secure or os.environ.get("MESS_LOCAL_SECURE", "") not in ("", "0", "false")
+    stack = LocalStack(StackSettings(), state_dir(), with_services=not args.no_services, secure=secure)
     try:
         state = stack.up()
     except StackError as exc:
@@ -147,6 +148,11 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas_check(args: argparse.Namespace) -> int:
+    # The document beside the checked-in schemas, whichever schema folder is checked.
+    asyncapi = repo_root() / "libs" / "contracts" / "asyncapi.json"
+    if not asyncapi.exists() or asyncapi.read_text(encoding="utf-8") != render_asyncapi():
+        print(f"{asyncapi} is not what the services declare: run `make schemas`", file=sys.stderr)
+        return 1
     report = check_directory(schema_dir(args))
     broken = {topic: problems for topic, problems in report.items() if problems}
     for topic, problems in broken.items():
@@ -168,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the local stack (and the services)")
     up.add_argument("--no-services", action="store_true", help="backing services only")
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="the bus requires SASL_SSL (TLS + SCRAM-SHA-512, one principal per service); or MESS_LOCAL_SECURE=1",
+    )
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop what up started").set_defaults(run=cmd_down)
     commands.add_parser("status", help="what up started").set_defaults(run=cmd_status)

@@ -81,15 +81,20 @@ class Pipeline:
     stack_env: Mapping[str, str]
     log_dir: Path
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Variables for one service only (its own Kafka principal, say), over the rest.
+    service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in SERVICES}
         port_env = {SERVICES[name][1]: str(port) for name, port in ports.items()}
+        # Search by clip: the query service calls the embedder wherever this pipeline put it.
+        port_env["MESS_QUERY_EMBEDDER_URL"] = f"http://127.0.0.1:{ports['embedder']}"
         base = {**os.environ, **self.stack_env, **port_env, **self.extra_env}
         for name, port in ports.items():
-            self.services[name] = ServiceProcess(name, port, dict(base), self.log_dir / f"{name}.log")
+            env = {**base, **self.service_env.get(name, {})}
+            self.services[name] = ServiceProcess(name, port, env, self.log_dir / f"{name}.log")
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]

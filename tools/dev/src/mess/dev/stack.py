@@ -31,9 +31,11 @@ import asyncpg
 import boto3
 import httpx
 import redis
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 
+from mess.dev.secure_front import SecuredBus, front_command, prepare_secured_bus
+from mess.runtime import kafka
 from mess.runtime.endpoints import StackSettings, host_port
 
 if TYPE_CHECKING:
@@ -161,9 +163,10 @@ def tansu_binary() -> str:
     return str(binary)
 
 
-def broker_command(host: str, port: int) -> list[str]:
+def broker_command(host: str, port: int, advertised: str | None = None) -> list[str]:
     url = f"tcp://{host}:{port}"
-    return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    advertised_url = f"tcp://{advertised}" if advertised else url
+    return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised_url]
 
 
 def moto_command(host: str, port: int) -> list[str]:
@@ -172,7 +175,10 @@ def moto_command(host: str, port: int) -> list[str]:
 
 def redis_command(host: str, port: int) -> list[str]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    return [binary, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    # A cache with a ceiling: past it the least recently used entries go, as in docker-compose and deploy/.
+    limits = ["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]
+    persistence = ["--save", "", "--appendonly", "no"]
+    return [binary, "--bind", host, "--port", str(port), *persistence, *limits, "--daemonize", "no"]
 
 
 def apt_install(package: str) -> None:
@@ -225,8 +231,8 @@ def database_ready(dsn: str) -> bool:
     return True
 
 
-async def _broker_answers(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+async def _broker_answers(settings: StackSettings) -> bool:
+    admin = kafka.admin(settings, client_id="mess-dev", request_timeout_ms=3000)
     try:
         await admin.start()
         await admin.list_topics()
@@ -237,13 +243,15 @@ async def _broker_answers(bootstrap: str) -> bool:
         await admin.close()
 
 
-def broker_answers(bootstrap: str) -> bool:
-    return asyncio.run(_broker_answers(bootstrap))
+def broker_answers(target: StackSettings | str) -> bool:
+    """Whether the broker answers an admin request (a bare host:port means a plaintext broker)."""
+    settings = target if isinstance(target, StackSettings) else StackSettings(kafka_bootstrap=target)
+    return asyncio.run(_broker_answers(settings))
 
 
 async def create_topics(settings: StackSettings) -> list[str]:
     """Create every topic that is missing; returns the ones created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    admin = kafka.admin(settings, client_id="mess-dev", request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -267,7 +275,7 @@ async def create_topics(settings: StackSettings) -> list[str]:
 
 
 async def delete_topics(settings: StackSettings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    admin = kafka.admin(settings, client_id="mess-dev", request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -312,6 +320,9 @@ class LocalStack:
     state_dir: Path
     with_services: bool = True
     service_env: dict[str, str] = field(default_factory=dict)
+    # The secured bus: TLS and SASL/SCRAM in front of Tansu, one principal per service.
+    secure: bool = False
+    bus: SecuredBus | None = None
 
     @property
     def state_file(self) -> Path:
@@ -323,6 +334,7 @@ class LocalStack:
 
     def up(self) -> StackState:
         state = StackState.load(self.state_file)
+        self._running_before = {p.name for p in state.started if process_alive(p.pid)}
         try:
             self._up_backing(state)
             if self.with_services:
@@ -346,13 +358,27 @@ class LocalStack:
         return any(p.name == name and process_alive(p.pid) for p in state.started)
 
     def _up_backing(self, state: StackState) -> None:
-        s = self.settings
-        broker_host, broker_port = host_port(s.kafka_servers[0], 9092)
-        if not port_open(broker_host, broker_port):
+        broker_host, broker_port = host_port(self.settings.kafka_servers[0], 9092)
+        if self.secure:
+            self.bus, cert, key, users = prepare_secured_bus(self.state_dir / "bus", self.settings.kafka_bootstrap)
+            self.settings = self.settings.model_copy(update=self.bus.settings_for("mess-dev"))
+            if not port_open(broker_host, broker_port):
+                inner = free_port()
+                # Tansu listens on loopback only and advertises the front, so every client goes through it.
+                command = broker_command("127.0.0.1", inner, advertised=self.settings.kafka_bootstrap)
+                self._start(state, "broker", command, inner)
+                inner_address = f"127.0.0.1:{inner}"
+                wait_for(lambda: port_open("127.0.0.1", inner), "Kafka broker behind the secure front")
+                front = front_command(self.settings.kafka_bootstrap, inner_address, cert, key, users)
+                self._start(state, "bus-front", front, broker_port)
+            elif not self._already(state, "bus-front"):
+                self._reuse(state, "broker")
+        elif not port_open(broker_host, broker_port):
             self._start(state, "broker", broker_command(broker_host, broker_port), broker_port)
         elif not self._already(state, "broker"):
             self._reuse(state, "broker")
-        wait_for(lambda: broker_answers(s.kafka_bootstrap), "Kafka broker")
+        s = self.settings
+        wait_for(lambda: broker_answers(s), "Kafka broker")
 
         if s.s3_endpoint_url:
             s3_host, s3_port = host_port(s.s3_endpoint_url, 5000)
@@ -386,6 +412,15 @@ class LocalStack:
         if created:
             log.info("created topics: %s", ", ".join(created))
         provision_storage(s)
+        if self._started_empty(state):
+            forget_previous_run(s)
+
+    def _started_empty(self, state: StackState) -> bool:
+        """Whether this ``up`` started the broker or the S3 endpoint afresh: both keep everything in
+        memory, so the events and objects a previous run's rows in Postgres and keys in Redis describe
+        are gone, and keeping those rows would make the registry claim tracks no snapshot holds."""
+        fresh = {p.name for p in state.started if p.name in {"broker", "s3"}} - self._running_before
+        return bool(fresh)
 
     def _up_services(self, state: StackState) -> None:
         for name, (module, port_var, default_port) in SERVICES.items():
@@ -397,7 +432,8 @@ class LocalStack:
             port = int(self.service_env.get(port_var) or os.environ.get(port_var) or default_port)
             if port_open("127.0.0.1", port):
                 raise StackError(f"port {port} for the {name} service is taken by another process")
-            self._start(state, name, [sys.executable, "-m", module], port, env=self.service_env)
+            env = {**self.service_env, **(self.bus.env_for(f"mess-{name}") if self.bus else {})}
+            self._start(state, name, [sys.executable, "-m", module], port, env=env)
         for process in state.started:
             if process.name in SERVICES and process.port:
                 url = f"http://127.0.0.1:{process.port}/health/live"
@@ -429,6 +465,20 @@ class LocalStack:
         return stopped
 
 
+def forget_previous_run(settings: StackSettings) -> None:
+    """Drop the Postgres schema and the Redis keys of an earlier local run whose broker and bucket are gone."""
+    asyncio.run(drop_schema(settings))
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    doomed = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
+    for start in range(0, len(doomed), 1000):
+        client.delete(*doomed[start : start + 1000])
+    log.info(
+        "a fresh broker and bucket: forgot the previous run's registry (schema %s) and cache (%d keys)",
+        settings.postgres_schema,
+        len(doomed),
+    )
+
+
 def stack_env(settings: StackSettings) -> dict[str, str]:
     """The ``MESS_*`` variables that point a service process at these endpoints."""
     env = {
@@ -450,6 +500,22 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
     }
     if settings.s3_endpoint_url:
         env["MESS_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    env.update(kafka_security_env(settings))
+    return env
+
+
+def kafka_security_env(settings: StackSettings) -> dict[str, str]:
+    """The ``MESS_KAFKA_*`` security variables of ``settings`` (none for a plaintext bus)."""
+    env: dict[str, str] = {}
+    for name, spec in StackSettings.model_fields.items():
+        if not name.startswith("kafka_") or name == "kafka_bootstrap":
+            continue
+        value = getattr(settings, name)
+        if value is None or value == spec.default:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"MESS_{name.upper()}"] = str(value)
     return env
 
 

@@ -42,6 +42,16 @@ class EmbeddingBackend(ABC):
     #: what the backend runs on, for logs and the README's benchmark table
     device: str = "cpu"
 
+    @property
+    def chunk_dim(self) -> int:
+        """Length of each chunk vector; differs from ``dim`` when ``track_vector`` adds a track-level part."""
+        return self.dim
+
+    def track_vector(self, pooled: ChunkVectors, sequence: npt.NDArray[np.uint8]) -> ChunkVectors:
+        """The track vector from the pooled chunk vector and the track's pitch sequence
+        (mess.embedder.pitch_sequence); the default is the pooled vector itself."""
+        return pooled
+
     @abstractmethod
     def embed_chunks(self, chunks: ChunkBatch, lengths: ChunkLengths) -> ChunkVectors:
         """``chunks`` is (batch, samples) float32 zero-padded after ``lengths[i]``

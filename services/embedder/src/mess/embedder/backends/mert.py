@@ -1,18 +1,32 @@
 """MERT-v1 (95M or 330M) from a local model directory, run by transformers' HubertModel.
 
 MERT-v1 checkpoints are published with their own ``MERTConfig``/``MERTModel``
-(``trust_remote_code``). Without the CQT front end and without deepnorm, that
-model *is* a HuBERT: the same modules under the same state-dict keys. So the
+(``trust_remote_code``; ``scripts/mert_hf`` in ``yizhilll/MERT``). Without the
+CQT front end and without deepnorm, that model *is* a HuBERT: the same modules
+under the same state-dict keys, a post-LayerNorm encoder for the 95M model and
+a pre-LayerNorm one (``do_stable_layer_norm: true``) for the 330M model. So the
 directory is loaded into ``HubertModel`` directly, no remote code runs, and
 anything the real MERT would do differently is refused up front:
 
 * ``feature_extractor_cqt: true`` adds a CQT branch whose features are
   concatenated before the projection: HubertModel has no such branch;
-* ``deepnorm: true`` scales the residual connections: HubertModel does not.
+* ``deepnorm: true`` scales the residual connections: HubertModel does not;
+* any ``config.json`` key not on the allow-list below: a key this loader does
+  not know could change what MERT computes, and would otherwise be dropped.
 
 ``attention_relax`` is accepted: MERT uses it only inside its deepnorm layers,
-and there it is softmax's shift invariance (a numerical guard for fp16), not a
-different function.
+so with deepnorm off (the only case accepted) it changes nothing.
+
+One difference between transformers versions is undone here: on transformers
+4.x (which MERT's code runs on) the last entry of ``hidden_states`` is the
+encoder's output after its final LayerNorm; on 5.x it is the last layer's
+output *before* it, which for the pre-LayerNorm 330M model is another vector.
+The last layer is therefore always taken from ``last_hidden_state``.
+
+``tests/embedder/fixtures/mert`` holds tiny checkpoints of both shapes saved
+by MERT's own code, with the vectors MERT's code computes from them
+(``tools/mert_reference/make_fixtures.py``); the tests hold this loader to
+them, layer by layer, for both weight formats and both input conventions.
 
 The state dict must match the model exactly (``strict=True``): a missing or
 unexpected key, or a shape that differs, stops the service with the list.
@@ -33,6 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import transformers
 from safetensors.torch import load_file as load_safetensors
 from transformers import HubertConfig, HubertModel
 
@@ -50,6 +65,99 @@ TORCH_INDEX = "pytorch_model.bin.index.json"
 MERT_SAMPLE_RATE = 24000
 # Wav2Vec2FeatureExtractor's zero-mean unit-variance normalisation epsilon.
 NORMALISE_EPSILON = 1e-7
+# MERTConfig's keys (scripts/mert_hf/configuration_MERT.py) that build the
+# modules or change what they compute, with MERTConfig's defaults. All of them
+# go to HubertConfig explicitly, so where HubertConfig's own default differs
+# (today or in a later transformers), MERT's still applies.
+MERT_COMPUTE_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "feat_proj_layer_norm": True,
+    "layer_norm_eps": 1e-5,
+    "feat_extract_norm": "group",
+    "feat_extract_activation": "gelu",
+    "conv_dim": [512] * 7,
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_bias": False,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "do_stable_layer_norm": False,
+    # These two only decide whether the checkpoint holds masked_spec_embed,
+    # a training-time parameter; the strict load then expects it or not.
+    "mask_time_prob": 0.05,
+    "mask_feature_prob": 0.0,
+}
+# HubertConfig settings MERT's code has no notion of, pinned to what MERT
+# computes: its positional convolution is weight-normed, never batch-normed.
+_HUBERT_ONLY_SETTINGS: dict[str, Any] = {"conv_pos_batch_norm": False}
+# MERT switches HubertModel cannot follow: accepted only when off.
+_REFUSED_WHEN_ON = {
+    "feature_extractor_cqt": (
+        "this MERT variant adds a CQT front end that HubertModel does not have, so it is not supported "
+        "(use MERT-v1-95M or MERT-v1-330M)"
+    ),
+    "deepnorm": "deepnorm rescales residual connections, which HubertModel does not do, so it is not supported",
+}
+# Keys of MERT-v1's published configs that cannot change an inference forward.
+_INERT_KEYS = frozenset(
+    {
+        # dropout and LayerDrop: off in inference mode
+        "hidden_dropout",
+        "hidden_dropout_prob",
+        "activation_dropout",
+        "attention_dropout",
+        "feat_proj_dropout",
+        "feat_extract_dropout",
+        "final_dropout",
+        "layerdrop",
+        # SpecAugment masking: training only (fairseq's mask_channel_* too)
+        "apply_spec_augment",
+        "mask_time_length",
+        "mask_time_min_masks",
+        "mask_time_min_space",
+        "mask_time_other",
+        "mask_time_selection",
+        "mask_feature_length",
+        "mask_feature_min_masks",
+        "mask_channel_length",
+        "mask_channel_min_space",
+        "mask_channel_other",
+        "mask_channel_prob",
+        "mask_channel_selection",
+        # heads, losses and tokens of models built on MERTModel, not in it
+        "vocab_size",
+        "tokenizer_class",
+        "ctc_loss_reduction",
+        "ctc_zero_infinity",
+        "use_weighted_layer_sum",
+        "classifier_proj_size",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        # training and initialisation
+        "initializer_range",
+        "gradient_checkpointing",
+        # read only by deepnorm layers and the CQT branch, both refused when on
+        "attention_relax",
+        "feature_extractor_cqt_bins",
+        # MERTConfig recomputes it from conv_dim
+        "num_feat_extract_layers",
+        # describe the files: name, code, versions, stored dtype, rate (checked below)
+        "_name_or_path",
+        "architectures",
+        "auto_map",
+        "model_type",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "sample_rate",
+    }
+)
+_KNOWN_CONFIG_KEYS = frozenset(MERT_COMPUTE_DEFAULTS) | frozenset(_REFUSED_WHEN_ON) | _INERT_KEYS
 _KNOWN_PREFIXES = ("mert_model.", "hubert.", "model.")
 _WEIGHT_NORM_RENAMES = {
     "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
@@ -59,14 +167,19 @@ _WEIGHT_NORM_RENAMES = {
 
 @dataclass(frozen=True)
 class LayerSelection:
-    """Which hidden states to average: indices into (embeddings, layer 1, ..., layer N)."""
+    """Which hidden states to average: indices into (transformer input, layer 1, ..., layer N)."""
 
     layers: tuple[int, ...]
     weights: tuple[float, ...]
 
     @classmethod
     def parse(cls, spec: str, weights: Sequence[float] | None, layer_count: int) -> "LayerSelection":
-        """``all`` (layers 1..N), ``last``, ``7`` or ``4,5,6`` or ``4-8``; 0 is the CNN embedding output."""
+        """``all`` (layers 1..N), ``last``, ``7`` or ``4,5,6`` or ``4-8``.
+
+        0 is the transformer's input: the projected CNN features plus the
+        positional convolution (then the encoder's input LayerNorm in the
+        post-LayerNorm 95M shape; the 330M shape normalises inside each layer).
+        """
         spec = spec.strip().lower()
         if spec == "all":
             layers = tuple(range(1, layer_count + 1))
@@ -158,30 +271,29 @@ def inspect_checkpoint(directory: Path, name: str | None = None) -> MertCheckpoi
     if not config_path.exists():
         raise ModelLoadError(f"{config_path} is missing")
     raw = _read_json(config_path)
-    if raw.get("feature_extractor_cqt"):
+    unknown = sorted(set(raw) - _KNOWN_CONFIG_KEYS)
+    if unknown:
         raise ModelLoadError(
-            f"{config_path}: feature_extractor_cqt is true; this MERT variant adds a CQT front end that "
-            "HubertModel does not have, so it is not supported (use MERT-v1-95M or MERT-v1-330M)"
+            f"{config_path}: unknown config keys {unknown}; MERT's code might compute differently with them and "
+            "this loader would ignore them, so it refuses. A key known not to change an inference forward can "
+            "be added to the allow-list in mess/embedder/backends/mert.py"
         )
-    if raw.get("deepnorm"):
-        raise ModelLoadError(
-            f"{config_path}: deepnorm is true; deepnorm rescales residual connections, which HubertModel "
-            "does not do, so this checkpoint is not supported"
-        )
+    for key, reason in _REFUSED_WHEN_ON.items():
+        if raw.get(key):
+            raise ModelLoadError(f"{config_path}: {key} is true; {reason}")
     model_type = str(raw.get("model_type", ""))
     if model_type not in {"mert_model", "hubert"}:
         raise ModelLoadError(f"{config_path}: model_type {model_type!r} is neither a MERT nor a HuBERT model")
-    known = set(HubertConfig().to_dict())
-    # Everything else (auto_map, architectures, MERT's own switches checked
-    # above, sample_rate) describes the checkpoint, not the HuBERT modules.
-    hubert_fields = {k: v for k, v in raw.items() if k in known and k not in {"model_type", "architectures"}}
+    fields = {key: raw.get(key, default) for key, default in MERT_COMPUTE_DEFAULTS.items()}
     try:
-        config = HubertConfig(**hubert_fields)
+        config = HubertConfig(**fields, **_HUBERT_ONLY_SETTINGS)
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{config_path}: not a valid HuBERT configuration: {exc}") from exc
 
     sample_rate = int(raw.get("sample_rate", MERT_SAMPLE_RATE))
-    normalise = True
+    # MERT-v1's published preprocessor_config.json says do_normalize: false,
+    # and so do its pretraining configs: raw input is MERT's default.
+    normalise = False
     preprocessor = directory / PREPROCESSOR_FILE
     if preprocessor.exists():
         pre = _read_json(preprocessor)
@@ -191,10 +303,13 @@ def inspect_checkpoint(directory: Path, name: str | None = None) -> MertCheckpoi
                 f"{preprocessor} says {pre_rate} Hz but {config_path} says {sample_rate} Hz; fix one of them"
             )
         sample_rate = pre_rate
+        # A file without the key gets Wav2Vec2FeatureExtractor's own default.
         normalise = bool(pre.get("do_normalize", True))
     else:
         log.warning(
-            "%s is missing; assuming MERT's %d Hz with zero-mean unit-variance input", preprocessor, sample_rate
+            "%s is missing; assuming MERT-v1's %d Hz and raw input (its published do_normalize: false)",
+            preprocessor,
+            sample_rate,
         )
     if sample_rate <= 0:
         raise ModelLoadError(f"invalid sample rate {sample_rate}")
@@ -219,8 +334,9 @@ def _file_sha256(path: Path) -> str:
 
 
 def weights_sha256(files: Sequence[Path]) -> str:
-    """The model's revision: the sha256 of its weight file (``sha256sum`` gives the same), or
-    for a sharded checkpoint the sha256 of the ``name:sha256`` lines of its shards in name order."""
+    """The model's revision: the sha256 of the weight file loaded (``sha256sum`` gives the same;
+    ``model.safetensors`` when a directory holds both formats), or for a sharded checkpoint the
+    sha256 of the ``name:sha256`` lines of its shards in name order."""
     if len(files) == 1:
         return _file_sha256(files[0])
     lines = "".join(f"{path.name}:{_file_sha256(path)}\n" for path in sorted(files, key=lambda p: p.name))
@@ -281,6 +397,10 @@ def strict_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sourc
             problems.append(f"shape mismatches ({len(mismatched)}): {_describe_keys(mismatched)}")
         raise ModelLoadError(f"checkpoint {source} does not match its config.json: " + "; ".join(problems))
     model.load_state_dict(dict(state), strict=True)
+
+
+def transformers_major() -> int:
+    return int(transformers.__version__.split(".", 1)[0])
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -348,18 +468,43 @@ class MertBackend(EmbeddingBackend):
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self.model: torch.nn.Module = torch.nn.Module.to(model, device=self.torch_device, dtype=self.dtype)
+        self._check_hidden_state_count(int(config.num_hidden_layers))
         norm = "zero-mean unit-variance input" if checkpoint.normalise else "raw input"
-        self.pooling = f"layers={self.selection.describe()}/frames=mean/{norm}"
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        # The numeric type and transformers' major version are part of the
+        # identity: bf16 and fp32 vectors of one checkpoint differ, and a new
+        # transformers major has changed what HubertModel returns before, so
+        # neither kind of vector may share an index with the other.
+        self.pooling = (
+            f"layers={self.selection.describe()}/frames=mean/{norm}/{dtype_name}/transformers{transformers_major()}"
+        )
         log.info(
-            "loaded %s (revision %s) on %s as %s: %d layers, dim %d, pooling %s",
+            "loaded %s (revision %s = sha256 of %s) on %s as %s: %d layers, dim %d, pooling %s",
             self.name,
             self.revision,
+            ", ".join(path.name for path in checkpoint.weight_files),
             self.device,
-            str(self.dtype).removeprefix("torch."),
+            dtype_name,
             config.num_hidden_layers,
             self.dim,
             self.pooling,
         )
+
+    def _check_hidden_state_count(self, layer_count: int) -> None:
+        """One forward of the shortest input: the model must return the input and every layer.
+
+        Layer indices are positions in ``hidden_states``; should a transformers
+        release count them differently, this stops the start-up instead of
+        pooling the wrong layers.
+        """
+        with torch.inference_mode():
+            probe = torch.zeros((1, self.min_chunk_samples), device=self.torch_device, dtype=self.dtype)
+            count = len(self.model(probe, output_hidden_states=True, return_dict=True).hidden_states)
+        if count != layer_count + 1:
+            raise ModelLoadError(
+                f"transformers {transformers.__version__} returns {count} hidden states for {layer_count} layers, "
+                f"not {layer_count + 1}; this loader does not support that version"
+            )
 
     def _normalised(self, audio: npt.NDArray[np.float32]) -> torch.Tensor:
         """Wav2Vec2FeatureExtractor's per-example zero-mean unit-variance input.
@@ -381,7 +526,11 @@ class MertBackend(EmbeddingBackend):
         with torch.inference_mode():
             inputs = self._normalised(audio).to(self.torch_device, dtype=self.dtype, non_blocking=True)
             output = self.model(inputs, output_hidden_states=True, return_dict=True)
-            hidden = output.hidden_states
+            # The last layer comes from last_hidden_state: transformers 5.x
+            # records it before the pre-LayerNorm encoder's final LayerNorm
+            # (MERT-v1-330M), MERT's code on 4.x after it. The two agree for
+            # the 95M shape, whose last layer ends in its own LayerNorm.
+            hidden = (*output.hidden_states[:-1], output.last_hidden_state)
             pooled = hidden[self.selection.layers[0]].float() * self.selection.weights[0]
             for layer, weight in zip(self.selection.layers[1:], self.selection.weights[1:], strict=True):
                 pooled = pooled + hidden[layer].float() * weight

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 import soundfile as sf
 
 from mess.contracts import TrackMetadata, track_id_from_parts
+from mess.contracts.ids import DATASET_PATTERN
 
 # What the ingest service can decode (soundfile/libsndfile), with the
 # Content-Type the object is stored under.
@@ -24,8 +25,9 @@ AUDIO_TYPES: dict[str, str] = {
 }
 
 # A dataset name becomes a folder of the drop prefix and the first part of
-# every track id, so it is held to the id alphabet.
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# every track id, so it is held to the id alphabet (and the ingest service
+# checks a drop's dataset and claimed id by the same rule).
+DATASET_NAME = re.compile(DATASET_PATTERN)
 
 # A catalogue's duration and the file's may differ by rounding and by
 # encoder padding; more than this means the file is not the recording the

@@ -1,5 +1,6 @@
 """``/tracks``: upload (``POST``), removal (``DELETE``) and status (``GET .../status``)."""
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -10,8 +11,11 @@ from pydantic import BaseModel
 from mess.contracts.ids import TRACK_ID_PATTERN
 from mess.ingest import metrics
 from mess.ingest.deps import ApiKey, Resources
-from mess.ingest.registry import TrackStatus, TrackStatusName
+from mess.ingest.outages import BACKEND_ERRORS
+from mess.ingest.registry import TrackStatus, TrackStatusName, erase_objects
 from mess.ingest.uploads import METADATA_FIELDS, UploadError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/tracks", tags=["tracks"])
 
@@ -124,10 +128,17 @@ async def upload_track(request: Request, resources: Resources) -> JSONResponse:
     summary="Remove a track",
 )
 async def remove_track(track_id: TrackIdPath, resources: Resources) -> RemovalAnswer:
-    """Marks the track removed and announces TrackRemoved; removing it again changes nothing."""
+    """Marks the track removed, announces TrackRemoved (the index drops it) and erases its audio and waveform
+    objects; removing it again changes nothing. The dropped object a track came from, if any, stays: the
+    drop prefix belongs to whoever dropped it."""
     removal = await resources.registry.remove(track_id, reason="removed through the API")
     if removal is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no track {track_id}")
+    try:
+        await erase_objects(resources.registry, resources.store, track_id)
+    except BACKEND_ERRORS as exc:
+        # The removal is committed and the erasure stays due: the reconciler finishes it.
+        log.warning("track %s removed, but erasing its objects failed (%r); the reconciler retries", track_id, exc)
     return RemovalAnswer(track_id=track_id, status="removed")
 
 

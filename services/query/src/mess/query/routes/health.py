@@ -9,6 +9,7 @@ because the shared Postgres restarts would turn a degraded answer into none.
 """
 
 import asyncio
+import re
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -17,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mess.query.deps import ResourcesDep
 
 router = APIRouter(tags=["operations"])
+
+_VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
 
 
 @router.get("/health/live")
@@ -43,7 +46,12 @@ async def ready(resources: ResourcesDep) -> JSONResponse:
         "degraded": degraded,
         "snapshot_version": snapshot.version if snapshot is not None else None,
         "vectors": snapshot.vector_count if snapshot is not None else 0,
-        "refused_snapshots": resources.follower.refused,
+        # Versions only, with a stable code: the refusal texts name URIs and keys, and go to the log.
+        "refused_snapshots": [
+            {"version": version, "reason": "snapshot_refused"}
+            for version in sorted(resources.follower.refused)
+            if _VERSION.fullmatch(version)
+        ],
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
