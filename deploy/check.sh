@@ -45,7 +45,7 @@ trap 'rm -rf "$WORK"' EXIT
 # Secrets each overlay references but that are created outside git (see deploy/README.md).
 declare -A EXTERNAL_SECRETS=(
   [local]=""
-  [eks]="mess-external-endpoints mess-ingest-api-keys"
+  [eks]="mess-external-endpoints mess-ingest-api-keys mess-embedder-token"
 )
 # ConfigMaps each overlay references but that are created outside git.
 declare -A EXTERNAL_CONFIGMAPS=(

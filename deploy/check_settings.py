@@ -51,6 +51,15 @@ for service, env in json.load(sys.stdin):
     known |= {"MESS_" + name.upper() for name in StackSettings.model_fields}
     os.environ.clear()
     os.environ.update(env)
+    # A *_FILE setting names a file the pod mounts from a Secret; stand one in so the settings that
+    # read theirs at start (tokens) load as they would in the pod.
+    for name, value in env.items():
+        if name.endswith("_FILE") and value.startswith("/") and not os.path.exists(value):
+            import tempfile
+            handle, stand_in = tempfile.mkstemp(prefix="mess-stand-in-")
+            os.write(handle, b"stand-in-secret-" + b"x" * 48)
+            os.close(handle)
+            os.environ[name] = stand_in
     problems = [f"{name} is not a setting of {service}: it would be ignored" for name in sorted(env)
                 if name.startswith("MESS_") and name not in known]
     try:

@@ -105,7 +105,7 @@ def test_events_in_vectors_and_dead_letters_out(
     # Reprocessing the same event gives the same vector, to the last bit.
     assert first.vector.tobytes() == again.vector.tobytes()
     assert first.sha256 == sha_a
-    assert first.model.name == "dsp" and first.model.dim == first.vector.shape[0] == 282
+    assert first.model.name == "dsp" and first.model.dim == first.vector.shape[0] == 438
     assert first.model.model_dump() == identity
     assert first.chunks == 2 and abs((first.duration_s or 0) - 7.0) < 1e-6
     assert abs(float(np.linalg.norm(first.vector)) - 1.0) < 1e-5

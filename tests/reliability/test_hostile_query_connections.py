@@ -121,3 +121,27 @@ def test_one_address_cannot_hold_every_connection(query_port: int) -> None:
             connection.close()
     # Once they are gone, the address is served again.
     assert httpx.get(f"http://127.0.0.1:{query_port}/health/live", timeout=5).status_code == 200
+
+
+def _answer(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)  # in one write, so it can arrive whole in one read
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+                if b"\r\n\r\n" in received:
+                    break
+    return received.split(b"\r\n", 1)[0]
+
+
+def test_an_oversized_request_head_is_refused_but_a_large_body_is_not_counted_as_head(query_port: int) -> None:
+    long_line = b"GET /tracks/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _answer(query_port, long_line).startswith(b"HTTP/1.1 414")
+    long_header = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"b" * 40_000 + b"\r\n\r\n"
+    assert _answer(query_port, long_header).startswith(b"HTTP/1.1 431")
+    body = b"{" + b" " * 200_000 + b"}"
+    post = b"POST /recommend/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    post += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    status = _answer(query_port, post)
+    assert not status.startswith((b"HTTP/1.1 414", b"HTTP/1.1 431")), status

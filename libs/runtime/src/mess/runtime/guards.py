@@ -60,6 +60,9 @@ class ClientLimits:
     send_idle_s: float = 30.0  # longest a response chunk may wait for the client to read
     connections_per_client: int = 64
     requests_per_client: int = 32  # in flight at once, from one address
+    # Request line plus headers. h11 only bounds a head that is still incomplete, so a long
+    # line that arrives whole in one read would otherwise reach the app.
+    max_request_head: int = 16 * 1024
 
 
 class SlowClientError(Exception):
@@ -191,6 +194,10 @@ class ClientGuard:
 
 
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_URI_TOO_LONG = b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+)
 _TOO_MANY = b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
 
 
@@ -206,6 +213,9 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._line_bytes = 0
+        self._line_done = False
         self._client_key = str(self.client[0]) if self.client else "unknown"
         count = self.open_per_client.get(self._client_key, 0) + 1
         self.open_per_client[self._client_key] = count
@@ -226,12 +236,33 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            return
         super().data_received(data)
         # Still before the end of a request's headers: the clock runs from the first byte.
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self._arm_header_timer()
         else:
             self._cancel_header_timer()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Count the bytes of the request head (not its body) and refuse a head over the limit:
+        414 while the request line is still unfinished, 431 for the headers."""
+        end = data.find(b"\r\n\r\n")
+        head = data if end < 0 else data[:end]
+        if not self._line_done:
+            newline = head.find(b"\n")
+            self._line_bytes += len(head) if newline < 0 else newline
+            self._line_done = newline >= 0
+        self._head_bytes += len(head)
+        if self._head_bytes > self.limits.max_request_head:
+            too_long_line = self._line_bytes > self.limits.max_request_head
+            self.transport.write(_URI_TOO_LONG if too_long_line else _HEAD_TOO_LARGE)
+            self.transport.close()
+            return True
+        if end >= 0:  # the next request on this connection starts afresh
+            self._head_bytes, self._line_bytes, self._line_done = 0, 0, False
+        return False
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
