@@ -14,6 +14,7 @@ from mess.contracts.events import (
     ModelIdentity,
     SnapshotCounts,
     SnapshotPublished,
+    TrackAdded,
     TrackEmbedded,
     TrackFailed,
 )
@@ -248,3 +249,55 @@ async def test_a_snapshot_the_indexer_did_not_publish_marks_nothing_and_is_dead_
     letters = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_failed, at_least=2)
     failed = [TrackFailed.from_bytes(r.value) for r in letters]
     assert [(f.error_kind, f.source_offset) for f in failed] == [("bad_snapshot", 0), ("bad_snapshot", 1)]
+
+
+async def test_a_track_marked_indexed_that_the_latest_snapshot_lacks_goes_back_to_registered(
+    stack: StackSettings,
+) -> None:
+    """After a lost broker or bucket, or a rebuild for another model, the registry must not keep
+    calling tracks indexed that no snapshot holds: they go back to registered, for the reconciler."""
+    async with running_ingest(ingest_settings(stack, status_enabled=True)) as service:
+        kept, kept_sha256 = await upload(service, 250.0)
+        lost, lost_sha256 = await upload(service, 260.0)
+        await publish(stack, stack.topics.tracks_embedded, embedded(kept, kept_sha256), embedded(lost, lost_sha256))
+        first = put_snapshot(stack, "000000000001", [kept, lost])
+        counts = SnapshotCounts(vectors=2, shards=1)
+        await publish(
+            stack,
+            stack.topics.index_snapshots,
+            SnapshotPublished(version="000000000001", manifest_uri=first, counts=counts, model=MODEL),
+        )
+        await wait_until(lambda: _has_status(service, lost, "indexed"), "never indexed")
+
+        second = put_snapshot(stack, "000000000002", [kept])
+        await publish(
+            stack,
+            stack.topics.index_snapshots,
+            SnapshotPublished(version="000000000002", manifest_uri=second, counts=counts, model=MODEL),
+        )
+        status = await wait_until(lambda: _has_status(service, lost, "registered"), "still called indexed")
+        assert status["snapshot_version"] is None
+        assert (await status_of(service, kept))["status"] == "indexed"
+
+
+async def test_a_failed_track_can_be_retried_once_with_a_key(stack: StackSettings) -> None:
+    async with running_ingest(ingest_settings(stack, status_enabled=True)) as service:
+        track_id, _ = await upload(service, 270.0)
+        failure = TrackFailed(track_id=track_id, stage="embed", error_kind="decode", error="codec missing")
+        await publish(stack, stack.topics.tracks_failed, failure)
+        await wait_until(lambda: _has_status(service, track_id, "failed"), "never failed")
+
+        async with service.client(api_key=None) as anonymous:
+            assert (await anonymous.post(f"/tracks/{track_id}/retry")).status_code == 401
+        async with service.client() as client:
+            first = await client.post(f"/tracks/{track_id}/retry")
+            again = await client.post(f"/tracks/{track_id}/retry")
+            missing = await client.post("/tracks/no-such-track/retry")
+        assert first.json() == {"track_id": track_id, "status": "registered", "retried": True}
+        assert again.json() == {"track_id": track_id, "status": "registered", "retried": False}
+        assert missing.status_code == 404
+        status = await status_of(service, track_id)
+        assert status["failure_stage"] is None and status["failure_reason"] is None
+        records = await read_topic(stack.kafka_bootstrap, stack.topics.tracks_added, at_least=2)
+        announced = [TrackAdded.from_bytes(r.value) for r in records if r.value is not None]
+        assert [e.reason for e in announced if e.track_id == track_id] == ["new", "retry"]

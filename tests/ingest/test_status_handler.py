@@ -82,3 +82,17 @@ async def test_an_undecodable_message_is_dead_lettered_with_the_standard_headers
     assert headers["mess-event-type"] == "TrackFailed"
     assert headers["mess-event-id"] == str(letter.event_id)
     assert follower.registry.embedded == []  # type: ignore[attr-defined]
+
+
+async def test_the_indexers_refusal_of_a_forged_embedding_does_not_fail_the_track(
+    follower: TrackStatusFollower,
+) -> None:
+    broker = follower.build_broker()
+    follower.broker = broker
+    async with TestKafkaBroker(broker) as test_broker:
+        for kind in ("content_mismatch", "unregistered_content"):
+            refusal = TrackFailed(track_id="some-track", stage="index", error_kind=kind, error="not registered")
+            await test_broker.publish(refusal.to_bytes(), topic=follower.topics.tracks_failed, key=b"some-track")
+        real = TrackFailed(track_id="other-track", stage="embed", error_kind="decode", error="bad audio")
+        await test_broker.publish(real.to_bytes(), topic=follower.topics.tracks_failed, key=b"other-track")
+    assert [failure[0] for failure in follower.registry.failed] == ["other-track"]  # type: ignore[attr-defined]

@@ -20,6 +20,10 @@ class StackSettings(BaseSettings):
     # Errors name the setting, never echo its value: the DSN and the S3 secret are among them.
     model_config = SettingsConfigDict(env_prefix="MESS_", extra="ignore", hide_input_in_errors=True)
 
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one object per line with service, request id and trace id"
+    )
+
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="comma-separated host:port list")
     topic_prefix: str = Field(default="", description="prepended to every topic name")
     topic_partitions: int = Field(default=8, ge=1)

@@ -46,6 +46,7 @@ from faststream.security import (
     SASLScram512,
 )
 
+from mess.runtime.logging import TRACEPARENT
 from mess.runtime.retry import Backoff, retrying
 
 if TYPE_CHECKING:
@@ -284,7 +285,8 @@ async def publish(
     (a consumer) or "dead-letter it and move on" (the relay).
     """
     value, key = event.to_bytes(), event.key().encode("utf-8")
-    headers = event_headers(event, traceparent)
+    # The trace of the request being handled, if any, goes with the event (W3C traceparent).
+    headers = event_headers(event, traceparent or TRACEPARENT.get())
     await retrying(
         f"publish {event.event_type}", lambda: send(topic, value, key, headers), backoff, is_transient, on_retry
     )

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from mess.runtime.guards import ClientGuard, ClientLimits, protocol_class, readable_validation_errors
+from mess.runtime.logging import RequestContext
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STARTUP_FAILURE = 3
@@ -60,8 +61,8 @@ def guarded(app: Any, limits: ClientLimits) -> ASGIApp:
         readable_validation_errors(app)
         app.router.redirect_slashes = False
         if any(getattr(middleware, "cls", None) is ClientGuard for middleware in app.user_middleware):
-            return app
-    return ClientGuard(app, limits)
+            return RequestContext(app)
+    return RequestContext(ClientGuard(app, limits))
 
 
 def serve(

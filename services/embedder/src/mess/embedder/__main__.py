@@ -11,7 +11,7 @@ from mess.runtime.serving import serve
 
 def main() -> int:
     settings = Settings()
-    configure_logging("embedder", settings.log_level)
+    configure_logging("embedder", settings.log_level, settings.stack.log_format)
     return serve(create_app(settings), host=settings.host, port=settings.port, graceful_s=settings.shutdown_grace_s)
 
 

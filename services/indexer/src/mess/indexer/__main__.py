@@ -1,4 +1,4 @@
-"""`python -m mess.indexer` runs the service; `python -m mess.indexer rebuild` rebuilds the index."""
+"""`python -m mess.indexer` runs the service; `rebuild` rebuilds the index; `reseed` refills the embeddings topic."""
 
 import argparse
 import asyncio
@@ -9,6 +9,7 @@ import sys
 from mess.indexer.config import Settings
 from mess.indexer.main import create_app
 from mess.indexer.rebuild import rebuild, rebuild_settings
+from mess.indexer.reseed import reseed
 from mess.runtime.logging import configure_logging
 from mess.runtime.serving import serve
 
@@ -25,6 +26,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     replay.add_argument("--model", help="model fingerprint the new index holds (name@revision/pooling/dim)")
     replay.add_argument("--shards", type=int, help="shard count of the new index")
+    commands.add_parser(
+        "reseed", help="publish every vector of the snapshot LATEST names back to the embeddings topic (a lost cluster)"
+    )
     return parser.parse_args(argv)
 
 
@@ -48,7 +52,7 @@ def run_service(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     arguments = _arguments(argv)
     settings = Settings()
-    configure_logging("indexer", settings.log_level)
+    configure_logging("indexer", settings.log_level, settings.stack.log_format)
     if arguments.command == "rebuild":
         try:
             settings = rebuild_settings(
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report = asyncio.run(rebuild(settings))
         print("\n".join(report.lines()))
+        return 0
+    if arguments.command == "reseed":
+        print("\n".join(asyncio.run(reseed(settings)).lines()))
         return 0
     return run_service(settings)
 

@@ -30,4 +30,8 @@ ANNOUNCED_TO_INDEXED = Histogram(
     "from a track's announcement (upload, drop or re-announcement) to its first snapshot",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
 )
+INDEXED_BUT_MISSING = Counter(
+    "mess_ingest_indexed_but_missing_total",
+    "tracks marked indexed that the latest snapshot did not hold (moved back to registered, re-announced)",
+)
 REANNOUNCED = Counter("mess_ingest_reannounced_total", "tracks re-announced by the reconciler")

@@ -368,6 +368,24 @@ class TrackRegistry:
             await self._enqueue(connection, TRACKS_REMOVED, TrackRemoved(track_id=track_id, reason=reason))
         return Removal(track_id, already_removed=False)
 
+    async def retry(self, track_id: str) -> tuple[TrackStatusName, bool] | None:
+        """A failed track back to registered and announced again (the stage that failed runs anew);
+        any other status is left as it is. (status now, whether it was retried); None: no such track."""
+        async with self.db.transaction() as connection:
+            row = await connection.fetchrow("SELECT * FROM tracks WHERE id = $1 FOR UPDATE", track_id)
+            if row is None:
+                return None
+            if row["status"] != "failed":
+                status: TrackStatusName = row["status"]
+                return status, False
+            await connection.execute(
+                "UPDATE tracks SET status = 'registered', failure_stage = NULL, failure_reason = NULL, "
+                "announced_at = now(), updated_at = now() WHERE id = $1",
+                track_id,
+            )
+            await self._enqueue(connection, TRACKS_ADDED, added_event(row, "retry"))
+        return "registered", True
+
     @asynccontextmanager
     async def erasing(self, track_id: str) -> AsyncIterator[RemovedObjects | None]:
         """Erase the objects of a removed track: yields what to delete (None: the track is not removed, or
@@ -474,6 +492,26 @@ class TrackRegistry:
         for row in waited:
             metrics.ANNOUNCED_TO_INDEXED.observe(max(0.0, float(row["seconds"])))
         return len(waited)
+
+    async def unmark_missing(self, in_snapshot: list[str], version: str) -> int:
+        """Tracks marked indexed that the current snapshot ``version`` does not hold go back to registered
+        (with their old announcement time, so the reconciler's next pass announces them); returns how many.
+
+        Counting first keeps the usual case cheap: a snapshot holds every indexed track, so unless the
+        registry counts more indexed tracks than the snapshot has ids, nothing can be missing.
+        """
+        async with self.db.transaction() as connection:
+            indexed = await connection.fetchval("SELECT count(*) FROM tracks WHERE status = 'indexed'")
+            if int(indexed) <= len(set(in_snapshot)):
+                return 0
+            result = await connection.execute(
+                "UPDATE tracks SET status = 'registered', snapshot_version = NULL, updated_at = now() "
+                "WHERE status = 'indexed' AND (snapshot_version IS NULL OR snapshot_version <> $2) "
+                "AND NOT EXISTS (SELECT 1 FROM unnest($1::text[]) AS held(id) WHERE held.id = tracks.id)",
+                in_snapshot,
+                version,
+            )
+        return int(result.rsplit(" ", 1)[-1])
 
     async def reannounce_stale(self, grace_s: float, limit: int) -> list[str]:
         """Queue TrackAdded again for tracks not indexed ``grace_s`` after their last announcement, oldest first.

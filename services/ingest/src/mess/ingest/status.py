@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MARK_CHUNK = 10_000
+# Dead letters that describe an event the indexer refused, not a track that failed.
+_NOT_ABOUT_THE_TRACK = frozenset({("index", "content_mismatch"), ("index", "unregistered_content")})
 _STOP_AFTER_FAILED_START_S = 10.0
 
 
@@ -117,6 +119,7 @@ class SnapshotMembership:
         except SnapshotCheckError as exc:
             raise SnapshotUnreadableError(f"{manifest_uri}: {exc}") from exc
         changed = 0
+        in_snapshot: list[str] = []
         for shard in manifest.shards:
             raw = await self._read(f"s3://{self.store.bucket}/{shard.ids.key}", f"shard {shard.shard} ids")
             if hashlib.sha256(raw).hexdigest() != shard.ids.sha256:
@@ -129,7 +132,15 @@ class SnapshotMembership:
                 raise SnapshotUnreadableError(f"{shard.ids.key} is not a JSON array of track ids")
             for start in range(0, len(track_ids), _MARK_CHUNK):
                 changed += await self.registry.mark_indexed(track_ids[start : start + _MARK_CHUNK], version)
+            in_snapshot.extend(track_ids)
         log.info("snapshot %s: %d track(s) newly indexed", version, changed)
+        # The snapshot LATEST names holds every track the index has. One the registry calls indexed that
+        # is not in it was lost (a broker or bucket that lost its data, a rebuild for another model):
+        # it goes back to registered, and the reconciler announces it again.
+        lost = await self.registry.unmark_missing(in_snapshot, version)
+        if lost:
+            metrics.INDEXED_BUT_MISSING.inc(lost)
+            log.warning("snapshot %s: %d track(s) marked indexed are not in it; announcing them again", version, lost)
         return changed
 
     async def superseded(self, version: str) -> bool:
@@ -286,7 +297,10 @@ class TrackStatusFollower:
                 raise ValueError(f"TrackFailed names {failed.track_id[:200]!r}, which is not a track id")
 
             async def fail() -> str:
-                if failed.track_id is None:
+                # The indexer refusing an embedding that does not match the registry says something
+                # about that event (forged, or for content since replaced), not about the track: the
+                # track keeps its status, so a forged event cannot flip it to failed either.
+                if failed.track_id is None or (failed.stage, failed.error_kind) in _NOT_ABOUT_THE_TRACK:
                     return "ignored"
                 changed = await self.registry.mark_failed(
                     failed.track_id, failed.stage, f"{failed.error_kind}: {failed.error}"

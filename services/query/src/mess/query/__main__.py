@@ -10,7 +10,7 @@ from mess.runtime.serving import serve
 
 def main() -> int:
     settings = Settings()
-    configure_logging("query", settings.log_level)
+    configure_logging("query", settings.log_level, settings.stack.log_format)
     return serve(
         create_app(settings),
         host=settings.host,

@@ -195,14 +195,14 @@ class VersionMatcher:
         along_candidate = min(c.shape[1], max(1, round(kappa * float(np.median(lengths)))))
         along_query = min(q.shape[0], max(1, round(kappa * q.shape[0])))
         row_threshold = np.sort(query_by_candidate, axis=2)[:, :, -along_candidate]  # (K, Tq)
-        column_threshold = np.sort(candidate_by_query, axis=2)[:, :, -along_query]  # (K, Tc)
-        recurrence: npt.NDArray[np.bool_] = (query_by_candidate >= row_threshold[:, :, None]) & (
-            query_by_candidate >= column_threshold[:, None, :]
-        )
-        # Silent or padded frames (all-zero chroma) recur with nothing.
-        recurrence &= query_by_candidate > 0.0
-        valid = np.arange(c.shape[1])[None, :] < lengths[:, None]
-        recurrence &= valid[:, None, :]
+        candidate_by_query.sort(axis=2)  # only its order statistics are needed: sorted in place, no copy
+        column_threshold = candidate_by_query[:, :, -along_query]  # (K, Tc)
+        # Silent or padded frames (all-zero chroma) recur with nothing: a similarity must also be
+        # positive, folded into the row threshold (x >= the smallest positive float is x > 0). Padded
+        # candidate frames are all zero, so this also keeps them out without a mask of their own.
+        np.maximum(row_threshold, np.nextafter(np.float32(0), np.float32(1)), out=row_threshold)
+        recurrence: npt.NDArray[np.bool_] = query_by_candidate >= row_threshold[:, :, None]
+        recurrence &= query_by_candidate >= column_threshold[:, None, :]
         return recurrence
 
     def _qmax(self, recurrence: npt.NDArray[np.bool_]) -> Floats:

@@ -142,6 +142,30 @@ async def remove_track(track_id: TrackIdPath, resources: Resources) -> RemovalAn
     return RemovalAnswer(track_id=track_id, status="removed")
 
 
+class RetryAnswer(BaseModel):
+    track_id: str
+    status: TrackStatusName
+    retried: bool
+
+
+@router.post(
+    "/{track_id}/retry",
+    dependencies=[ApiKey],
+    response_model=RetryAnswer,
+    responses={**_NO_KEY, **_NO_TRACK},
+    summary="Try a failed track again",
+)
+async def retry_track(track_id: TrackIdPath, resources: Resources) -> RetryAnswer:
+    """A failed track goes back to registered and is announced again, so the stage that gave up (a
+    decode after a codec fix, an embed after a model outage) runs anew. A track in any other state is
+    left alone (``retried`` false): retrying is safe to repeat."""
+    outcome = await resources.registry.retry(track_id)
+    if outcome is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no track {track_id}")
+    now, retried = outcome
+    return RetryAnswer(track_id=track_id, status=now, retried=retried)
+
+
 @router.get(
     "/{track_id}/status", response_model=TrackStatus, responses=_NO_TRACK, summary="Where a track is in the pipeline"
 )
