@@ -19,11 +19,11 @@ renditions of its work. Reported:
 * ``reranked``: the query service's second stage (mess.query.versions) over
   the first stage's top ``--candidates``;
 
-Offline only: it calls the embedder backend and the re-rank functions
-directly (the services' code paths, no broker, no database), so a set of 120
-renditions is measured in minutes. The live path (embedder -> indexer ->
-snapshot -> query ``/recommend``) is covered by ``tests/system/test_versions.py``,
-which asserts the properties on a small rendered set rather than these figures.
+``--mode offline`` (the default) calls the embedder backend and the re-rank
+functions directly (the services' code paths, no broker, no database) and
+also times the re-rank; ``--mode api`` runs the four services on a private
+stack of the local backing services (``make stack``), uploads every rendition
+and asks ``GET /recommend`` for each, so the figures are what a user gets.
 
 Renders are cached under ``.mess/retrieval_quality/`` (gitignored); the first
 run of a 40-work set renders 120 files (about two minutes on one core).
@@ -199,6 +199,83 @@ def same_work_flags(tracks: list[Track], recognised: list[set[int]]) -> dict[str
     }
 
 
+# --- live mode: the real services, through the public API ------------------------------
+
+
+def rank_live(tracks: list[Track], k: int = 10) -> tuple[list[list[int]], list[list[int]]]:
+    """Upload every rendition to a private pipeline (ingest, embedder, indexer, query as processes on
+    the local stack's backing services), wait until all are indexed and served, then ask ``/recommend``
+    (strategy ``similar``) for each: (rankings, positions the answer marked ``same_work``)."""
+    import asyncio
+    import tempfile
+
+    import asyncpg
+    import httpx
+
+    from mess.dev import stack as local
+    from mess.dev.faults import rendition_metadata, upload_form
+    from mess.dev.pipeline import Pipeline
+    from mess.runtime.endpoints import StackSettings
+
+    key = "retrieval-quality-bench"
+    position: dict[str, int] = {}
+    with local.private_stack(StackSettings(), "rq") as stack, tempfile.TemporaryDirectory() as scratch:
+        extra = {
+            "MESS_INGEST_API_KEYS": key,
+            "MESS_EMBEDDER_BACKEND": "dsp",
+            "MESS_EMBEDDER_GROUP_ID": f"{stack.topic_prefix}mess-embedder",
+            "MESS_INDEXER_GROUP_ID": f"{stack.topic_prefix}mess-indexer",
+            "MESS_INGEST_STATUS_GROUP_ID": f"{stack.topic_prefix}mess-ingest-status",
+            "MESS_INDEXER_SNAPSHOT_INTERVAL_S": "2",
+            "MESS_QUERY_SNAPSHOT_CACHE_DIR": str(Path(scratch) / "snapshots"),
+            "MESS_QUERY_SNAPSHOT_POLL_S": "2",
+            "MESS_QUERY_CACHE_ENABLED": "false",
+            "MESS_INGEST_WRITE_RATE_PER_S": "1000",
+            "MESS_INGEST_WRITE_BURST": "1000",
+        }
+        with Pipeline(local.stack_env(stack), Path(scratch) / "logs", extra) as pipeline:
+            pipeline.start()
+            ingest, query = pipeline["ingest"].url, pipeline["query"].url
+            for number, track in enumerate(tracks):
+                with track.path.open("rb") as audio:
+                    answer = httpx.post(
+                        f"{ingest}/tracks",
+                        files={"file": (track.path.name, audio, "audio/wav")},
+                        data=upload_form(rendition_metadata(track.rendition, "retrieval-quality")),
+                        headers={"X-API-Key": key},
+                        timeout=120,
+                    )
+                answer.raise_for_status()
+                position[answer.json()["track_id"]] = number
+
+            async def indexed() -> int:
+                connection = await asyncpg.connect(
+                    stack.postgres_dsn, server_settings={"search_path": stack.postgres_schema}
+                )
+                try:
+                    return int(await connection.fetchval("SELECT count(*) FROM tracks WHERE status = 'indexed'"))
+                finally:
+                    await connection.close()
+
+            local.wait_for(lambda: asyncio.run(indexed()) == len(tracks), "every rendition indexed", timeout=1800)
+            ids = {number: track_id for track_id, number in position.items()}
+
+            def served() -> bool:
+                probe = httpx.get(f"{query}/recommend/{ids[0]}", params={"k": k}, timeout=30)
+                return probe.status_code == 200 and len(probe.json()["recommendations"]) == k
+
+            local.wait_for(served, "the query service serving the full snapshot", timeout=300)
+            rankings, marked = [], []
+            for number in range(len(tracks)):
+                body = httpx.get(f"{query}/recommend/{ids[number]}", params={"k": k}, timeout=30).json()
+                picks = body["recommendations"]
+                rankings.append([position[p["track_id"]] for p in picks])
+                marked.append(
+                    [position[p["track_id"]] for p in picks if p.get("alignment") and p["alignment"]["same_work"]]
+                )
+    return rankings, marked
+
+
 # --- offline mode ---------------------------------------------------------------------
 
 
@@ -264,6 +341,13 @@ def main() -> None:
     parser.add_argument("--exclude-seeds", type=int, nargs="*", default=[])
     parser.add_argument("--candidates", type=int, default=50, help="K: how many first-stage results are re-ranked")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument(
+        "--mode",
+        choices=["offline", "api"],
+        default="offline",
+        help="offline: the embedder's and re-rank's functions; api: the four services on a private stack, "
+        "through /recommend (needs the local stack: make stack)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default bench/results/...)")
     args = parser.parse_args()
 
@@ -271,6 +355,29 @@ def main() -> None:
     tracks = draw_set(args.seed, args.works, args.seconds, args.exclude_seeds)
     print(f"set seed={args.seed}: {len(tracks) // 3} works x 3 renditions ready in {time.perf_counter() - began:.0f} s")
     if args.render_only:
+        return
+
+    if args.mode == "api":
+        began = time.perf_counter()
+        rankings, marked = rank_live(tracks)
+        live: dict[str, Any] = {
+            "seed": args.seed,
+            "exclude_seeds": args.exclude_seeds,
+            "mode": "api",
+            "works": sorted({t.work for t in tracks}),
+            "tracks": len(tracks),
+            "served": metrics(tracks, rankings),
+            "same_work_flag": same_work_flags(tracks, [set(m) for m in marked]),
+            "seconds": round(time.perf_counter() - began, 1),
+        }
+        row = live["served"]
+        print(
+            f"through /recommend: MAP@10 {row['map_at_10']:.3f}, P@1 {row['p_at_1']:.3f}, hit@5 {row['hit_at_5']:.3f},"
+            f" top-1 same instrument {row['top1_same_instrument']:.3f} ({live['seconds']:.0f} s)"
+        )
+        out = args.out or ROOT / "bench" / "results" / f"retrieval_quality_api_seed{args.seed}.json"
+        out.write_text(json.dumps(live, indent=2) + "\n")
+        print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
         return
 
     began = time.perf_counter()
