@@ -213,7 +213,7 @@ def rank_live(tracks: list[Track], k: int = 10) -> tuple[list[list[int]], list[l
     import httpx
 
     from mess.dev import stack as local
-    from mess.dev.faults import rendition_metadata, upload_form
+    from mess.dev.faults import upload_rendition
     from mess.dev.pipeline import Pipeline
     from mess.runtime.endpoints import StackSettings
 
@@ -237,14 +237,7 @@ def rank_live(tracks: list[Track], k: int = 10) -> tuple[list[list[int]], list[l
             pipeline.start()
             ingest, query = pipeline["ingest"].url, pipeline["query"].url
             for number, track in enumerate(tracks):
-                with track.path.open("rb") as audio:
-                    answer = httpx.post(
-                        f"{ingest}/tracks",
-                        files={"file": (track.path.name, audio, "audio/wav")},
-                        data=upload_form(rendition_metadata(track.rendition, "retrieval-quality")),
-                        headers={"X-API-Key": key},
-                        timeout=120,
-                    )
+                answer = upload_rendition(ingest, key, track.rendition, track.path, "retrieval-quality", timeout_s=120)
                 answer.raise_for_status()
                 position[answer.json()["track_id"]] = number
 

@@ -23,7 +23,7 @@ import pytest
 from mess.contracts import track_id_from_parts
 from mess.contracts.storage import LATEST_KEY, SnapshotManifest, manifest_key
 from mess.corpus import Rendition, demo_renditions, render_to_file
-from mess.dev.faults import drop_user_metadata, rendition_metadata, upload_form
+from mess.dev.faults import drop_user_metadata, rendition_metadata, upload_rendition
 from mess.dev.pipeline import Pipeline
 from mess.dev.stack import wait_for
 from mess.runtime.endpoints import StackSettings
@@ -76,15 +76,7 @@ def pipeline(stack: StackSettings, stack_env: dict[str, str], tmp_path: Path) ->
 
 
 def _upload(ingest_url: str, rendition: Rendition, path: Path) -> str:
-    fields = upload_form(rendition_metadata(rendition, "system-test"))
-    with path.open("rb") as audio:
-        response = httpx.post(
-            f"{ingest_url}/tracks",
-            files={"file": (path.name, audio, "audio/flac")},
-            data=fields,
-            headers={"X-API-Key": API_KEY},
-            timeout=60,
-        )
+    response = upload_rendition(ingest_url, API_KEY, rendition, path, "system-test")
     assert response.status_code in (200, 201, 202), response.text
     return str(response.json()["track_id"])
 

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from mess.corpus import demo_renditions, render_to_file
 from mess.dev import stack as local
-from mess.dev.faults import rendition_metadata, upload_form
+from mess.dev.faults import upload_rendition
 from mess.dev.pipeline import Pipeline
 from mess.dev.secure_front import SecuredBus, front_command, prepare_secured_bus
 from mess.runtime import kafka
@@ -112,14 +112,7 @@ def test_upload_to_recommendation_over_sasl_ssl(
         for rendition in renditions:
             path = tmp_path / f"{rendition.name}.flac"
             render_to_file(rendition, path, sample_rate=22050, max_seconds=12.0)
-            with path.open("rb") as audio:
-                response = httpx.post(
-                    f"{pipeline['ingest'].url}/tracks",
-                    files={"file": (path.name, audio, "audio/flac")},
-                    data=upload_form(rendition_metadata(rendition, "secured")),
-                    headers={"X-API-Key": API_KEY},
-                    timeout=60,
-                )
+            response = upload_rendition(pipeline["ingest"].url, API_KEY, rendition, path, "secured")
             assert response.status_code in (200, 201, 202), response.text
             track_ids.append(response.json()["track_id"])
 

@@ -199,6 +199,20 @@ def upload_form(metadata: TrackMetadata) -> dict[str, str]:
     return fields
 
 
+def upload_rendition(
+    ingest_url: str, api_key: str, rendition: Rendition, path: Path, tag: str, timeout_s: float = 60.0
+) -> httpx.Response:
+    """``POST /tracks`` of a rendered file with the metadata a client would send (system tests, benches)."""
+    with path.open("rb") as audio:
+        return httpx.post(
+            f"{ingest_url}/tracks",
+            files={"file": (path.name, audio, "audio/flac" if path.suffix == ".flac" else "audio/wav")},
+            data=upload_form(rendition_metadata(rendition, tag)),
+            headers={"X-API-Key": api_key},
+            timeout=timeout_s,
+        )
+
+
 def drop_user_metadata(dataset: str, track_id: str, metadata: TrackMetadata) -> dict[str, str]:
     """The S3 user metadata a dataset importer puts on a dropped object."""
     # S3 user metadata is ASCII only.
